@@ -1,0 +1,42 @@
+/*
+ * common.h - libc-only helpers every module may use: allocation that
+ * aborts on exhaustion, and categorised logging. Includes no other module.
+ */
+#ifndef CONVOY_COMMON_H
+#define CONVOY_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
+
+/*
+ * log_init - set the program name, whether to log to syslog (after
+ * daemonizing) and the comma-separated debug categories ("all" for every
+ * one). Call before any thread starts.
+ */
+void log_init(const char *prog, bool to_syslog, const char *debug_cats);
+void log_set_syslog(bool to_syslog);
+void log_msg(enum log_level lvl, const char *cat, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#ifndef LOG_CAT
+#define LOG_CAT "convoyfs"
+#endif
+#define log_error(...) log_msg(LOG_LVL_ERROR, LOG_CAT, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_LVL_WARN, LOG_CAT, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_LVL_INFO, LOG_CAT, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_LVL_DEBUG, LOG_CAT, __VA_ARGS__)
+
+/* monotonic clock in milliseconds, for deadlines */
+long long now_ms(void);
+
+#endif

@@ -1,0 +1,85 @@
+/*
+ * sync.h - the public surface of sync/: the connections to the server, the
+ * sync thread that keeps the store in step with it, and bodies on demand.
+ * fs/ calls only these; sync/ never calls up into fs/.
+ */
+#ifndef CONVOY_SYNC_H
+#define CONVOY_SYNC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct sync_config {
+	char *user; /* owned */
+	char *password; /* owned; wiped by sync_config_release */
+	char *host; /* owned */
+	char *port; /* owned: "993" for imaps, "143" for imap */
+	bool starttls; /* imap:// : STARTTLS required before LOGIN */
+	char *cafile; /* owned, may be NULL: trust these CAs instead */
+	char *cache_dir; /* owned: the store's directory */
+	unsigned poll_interval; /* seconds between checks of every folder */
+	unsigned timeout; /* seconds any network wait may take */
+};
+
+void sync_config_release(struct sync_config *cfg);
+
+/* What a committed sync step changed, for fs/ to invalidate the kernel's
+ * caches. Delivered on the sync thread: queue it, do not block. */
+enum sync_change_kind { SYNC_FOLDERS, SYNC_MESSAGES };
+struct sync_change {
+	enum sync_change_kind kind;
+	int64_t folder; /* SYNC_MESSAGES: the folder whose messages changed */
+};
+typedef void sync_changed_fn(const struct sync_change *c, void *aux);
+
+struct sync;
+
+/*
+ * sync_new - connect and log in once, so that a bad password, certificate,
+ * host name or an unreachable server is reported before the mount appears.
+ *
+ * Returns 0 and *@out, or -errno with one clear line in @err:
+ * -EHOSTUNREACH / -ECONNREFUSED / -ETIMEDOUT: server unreachable;
+ * -EPROTO: TLS or certificate; -EACCES: login refused; -EINVAL: bad input.
+ * No thread is started yet (so the caller may fork to daemonize).
+ */
+int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
+	     size_t errlen);
+
+/* sync_set_changed - register the callback for committed changes. */
+void sync_set_changed(struct sync *s, sync_changed_fn *fn, void *aux);
+
+/* sync_start - start the sync thread and the fetchers. */
+int sync_start(struct sync *s);
+
+/*
+ * sync_stop - stop every thread and close every connection. Waits until
+ * they really stopped. Calling it twice is harmless.
+ */
+void sync_stop(struct sync *s);
+void sync_free(struct sync *s);
+
+/*
+ * sync_fetch_body - make the body of @umid present in the body cache,
+ * fetching it on a fetcher connection if needed. Waits at most the
+ * configured timeout. Returns 0 (cached), -ENOENT (the message is gone
+ * from the server), -EIO (network failure or timeout), -ESHUTDOWN.
+ * Thread: any (FUSE workers call it).
+ */
+int sync_fetch_body(struct sync *s, int64_t umid);
+
+/* sync_request_refresh - ask for a refresh of every folder now. */
+void sync_request_refresh(struct sync *s);
+
+/*
+ * sync_status - a human-readable report (connection state, per-folder
+ * progress, last error), malloc'ed into *@text.
+ */
+void sync_status(struct sync *s, char **text);
+
+/* sync_fetch_count - how many bodies were fetched from the server since
+ * start (for .convoyfs/status and tests). */
+uint64_t sync_fetch_count(struct sync *s);
+
+#endif

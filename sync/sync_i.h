@@ -1,0 +1,138 @@
+/*
+ * sync_i.h - declarations private to sync/: the TLS stream, one IMAP
+ * connection, modified UTF-7 and message-header decoding.
+ */
+#ifndef CONVOY_SYNC_I_H
+#define CONVOY_SYNC_I_H
+
+#include <libetpan/libetpan.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sync.h"
+
+/* ---- tls.c: an OpenSSL mailstream_low driver with deadlines ---- */
+
+struct tls_opts {
+	const char *host;
+	const char *port;
+	bool implicit; /* TLS at once (imaps); false: plain until tls_start */
+	const char *cafile; /* NULL: the system's trust store */
+	int timeout; /* seconds for connect, handshake and every read/write */
+};
+
+/*
+ * tls_open - TCP-connect to @o->host:@o->port within the timeout and, if
+ * @o->implicit, do the TLS handshake verifying the chain and the host name
+ * (SNI set). Returns 0 and a mailstream in *@out, or -errno with one line
+ * in @err: -ECONNREFUSED, -EHOSTUNREACH, -ETIMEDOUT (unreachable) or
+ * -EPROTO (handshake or verification failed: the line says which:
+ * "certificate ... does not match host name" vs "cannot verify ...").
+ * Every later read and write also fails (-1) after the timeout.
+ */
+int tls_open(const struct tls_opts *o, mailstream **out, char *err,
+	     size_t errlen);
+
+/*
+ * tls_start - after "STARTTLS" got OK, run the handshake on the same
+ * socket and switch the stream to TLS in place. Refuses (-EPROTO) if the
+ * server sent anything after its OK (plaintext injection).
+ */
+int tls_start(mailstream *s, char *err, size_t errlen);
+
+/* tls_pending - bytes already decrypted and buffered, so poll() would
+ * not see them. */
+size_t tls_pending(mailstream *s);
+
+/* ---- conn.c: one logged-in IMAP connection ---- */
+
+enum conn_cap {
+	CAP_CONDSTORE = 1 << 0,
+	CAP_QRESYNC = 1 << 1,
+	CAP_MOVE = 1 << 2,
+	CAP_UIDPLUS = 1 << 3,
+	CAP_IDLE = 1 << 4,
+	CAP_SPECIAL_USE = 1 << 5,
+	CAP_LIST_STATUS = 1 << 6,
+	CAP_ENABLE = 1 << 7,
+};
+
+struct conn {
+	mailimap *imap; /* owned */
+	unsigned caps; /* enum conn_cap bits, probed after login */
+	char *selected; /* owned: name of the selected folder, or NULL */
+	bool readonly; /* selected with EXAMINE */
+	uint64_t highestmodseq; /* from the last SELECT (CONDSTORE) */
+};
+
+/*
+ * conn_open - connect, TLS (implicit, or STARTTLS required for imap://),
+ * read the greeting, LOGIN (or AUTHENTICATE PLAIN when LOGINDISABLED),
+ * then probe capabilities again. User and password with CR, LF or NUL
+ * are refused (-EINVAL) before anything is sent. On failure one clear
+ * line is in @err and the return is as for sync_new().
+ */
+int conn_open(const struct sync_config *cfg, struct conn **out, char *err,
+	      size_t errlen);
+
+/* conn_close - LOGOUT if the stream is still healthy, then free. */
+void conn_close(struct conn *c);
+
+/*
+ * conn_select - SELECT (or EXAMINE if @readonly) folder @name (raw
+ * server name) unless it is already selected that way; with CONDSTORE
+ * records HIGHESTMODSEQ. Returns 0, -ENOENT (server said NO), -EIO.
+ */
+int conn_select(struct conn *c, const char *name, bool readonly);
+
+/* conn_errno - map a mailimap return code: 0 -> 0, STREAM/PARSE/FATAL ->
+ * -EIO (connection unusable: see conn_is_broken), tagged NO -> -EREMOTE,
+ * PROTOCOL -> -EPROTO. Logs @what with the server's text. */
+int conn_errno(struct conn *c, int rc, const char *what);
+
+/* conn_is_broken - true after a stream, parse or BYE error. */
+bool conn_is_broken(const struct conn *c);
+
+/* conn_name_ok - a name or string that may be sent to the server:
+ * no CR, LF (libetpan would send them raw). */
+bool conn_name_ok(const char *s);
+
+/* ---- utf7.c: RFC 3501 §5.1.3 modified UTF-7 mailbox names ---- */
+
+/* utf7_decode - UTF-8 of modified-UTF-7 @s, malloc'ed; NULL if @s is not
+ * valid modified UTF-7 (the caller then shows the raw name). */
+char *utf7_decode(const char *s);
+/* utf7_encode - modified UTF-7 of UTF-8 @s, malloc'ed; NULL if @s is not
+ * valid UTF-8. */
+char *utf7_encode(const char *s);
+
+/* ---- mime.c: header fields and RFC 2047 encoded words ---- */
+
+struct mime_fields {
+	char *message_id; /* owned, NULL if absent: first <...> token */
+	char *subject; /* owned, NULL if absent: unfolded, decoded UTF-8 */
+	char *from; /* owned, NULL if absent: unfolded, decoded UTF-8 */
+	char *references; /* owned, NULL if absent: unfolded raw value */
+	char *in_reply_to; /* owned, NULL if absent: unfolded raw value */
+};
+
+/*
+ * mime_parse_fields - pick the fields above out of a header block (as
+ * BODY[HEADER.FIELDS (...)] returns it: CRLF or LF lines, folded
+ * continuation lines, ending at an empty line or at @len). Field names
+ * match case-insensitively; the first occurrence wins. Never fails on
+ * malformed input: what cannot be parsed is left NULL.
+ */
+void mime_parse_fields(const char *hdr, size_t len, struct mime_fields *out);
+void mime_fields_release(struct mime_fields *f);
+
+/*
+ * mime_decode_words - decode RFC 2047 encoded words (B and Q, any charset
+ * iconv knows, adjacent encoded words joined without the space between)
+ * in @s to UTF-8, malloc'ed. Invalid bytes and undecodable words come out
+ * as U+FFFD, so the result is always valid UTF-8.
+ */
+char *mime_decode_words(const char *s);
+
+#endif
