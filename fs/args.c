@@ -1,1 +1,414 @@
-/* placeholder: being written */
+/*
+ * args.c - the command line and where the password comes from. The
+ * password never comes from argv (other users can read it in ps).
+ */
+#include "fs.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "common.h"
+
+void args_usage(FILE *out)
+{
+	fputs("usage: convoyfs [-f] [-d] [-o OPT[,OPT...]] "
+	      "imaps://USER@HOST[:PORT] MOUNTPOINT\n"
+	      "       convoyfs --help | --version\n"
+	      "\n"
+	      "Mounts an IMAP account as a directory tree. Unmount with\n"
+	      "fusermount3 -u MOUNTPOINT.\n"
+	      "\n"
+	      "  imaps://  TLS from the start (port 993)\n"
+	      "  imap://   STARTTLS, required (port 143)\n"
+	      "  -f        stay in the foreground\n"
+	      "  -d        FUSE debug output (implies -f)\n"
+	      "\n"
+	      "options (-o):\n"
+	      "  cafile=PATH            trust the CA certificates in PATH\n"
+	      "  password_command=CMD   the password is the first line CMD "
+	      "prints\n"
+	      "                         (else ~/.netrc, else a prompt)\n"
+	      "  cache_dir=PATH         the store (default "
+	      "$XDG_CACHE_HOME/convoyfs/USER@HOST)\n"
+	      "  poll_interval=SECONDS  how often folders are checked "
+	      "(default 60)\n"
+	      "  timeout=SECONDS        longest network wait (default 30)\n"
+	      "  debug=CATS             log categories: sync,fetch,imap,tls,"
+	      "store,fs or all\n"
+	      "  allow_other            let other users see the mount\n",
+	      out);
+}
+
+static bool has_bad_chars(const char *s)
+{
+	return strpbrk(s, "\r\n") != NULL;
+}
+
+/* %XX escapes in the user part of the URL (user@example.org as
+ * user%40example.org) */
+static char *unescape(const char *s, size_t n)
+{
+	char *out = xmalloc(n + 1), *o = out;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned v;
+
+		if (s[i] == '%' && i + 2 < n &&
+		    sscanf(s + i + 1, "%2x", &v) == 1 && v) {
+			*o++ = (char)v;
+			i += 2;
+		} else {
+			*o++ = s[i];
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
+static int parse_url(const char *url, struct sync_config *cfg, char *err,
+		     size_t errlen)
+{
+	const char *rest, *at, *host, *colon, *end;
+
+	if (!strncmp(url, "imaps://", 8)) {
+		rest = url + 8;
+		cfg->starttls = false;
+	} else if (!strncmp(url, "imap://", 7)) {
+		rest = url + 7;
+		cfg->starttls = true;
+	} else {
+		snprintf(err, errlen,
+			 "unsupported URL %s: use imaps://USER@HOST[:PORT] "
+			 "or imap://USER@HOST[:PORT]",
+			 url);
+		return -EINVAL;
+	}
+	at = strrchr(rest, '@');
+	if (!at || at == rest) {
+		snprintf(err, errlen, "no user name in URL %s", url);
+		return -EINVAL;
+	}
+	cfg->user = unescape(rest, (size_t)(at - rest));
+	host = at + 1;
+	end = host + strcspn(host, "/");
+	if (*host == '[') { /* [::1]:993 */
+		const char *rb = memchr(host, ']', (size_t)(end - host));
+
+		if (!rb) {
+			snprintf(err, errlen, "bad host in URL %s", url);
+			return -EINVAL;
+		}
+		cfg->host = xstrndup(host + 1, (size_t)(rb - host - 1));
+		colon = rb[1] == ':' ? rb + 1 : NULL;
+	} else {
+		colon = memchr(host, ':', (size_t)(end - host));
+		cfg->host = xstrndup(host, (size_t)((colon ? colon : end) - host));
+	}
+	if (colon) {
+		char *port = xstrndup(colon + 1, (size_t)(end - colon - 1));
+		char *bad;
+		long v = strtol(port, &bad, 10);
+
+		if (!*port || *bad || v < 1 || v > 65535) {
+			snprintf(err, errlen, "bad port in URL %s", url);
+			free(port);
+			return -EINVAL;
+		}
+		cfg->port = port;
+	} else {
+		cfg->port = xstrdup(cfg->starttls ? "143" : "993");
+	}
+	if (!*cfg->host || !*cfg->user || has_bad_chars(cfg->user) ||
+	    has_bad_chars(cfg->host)) {
+		snprintf(err, errlen, "bad user or host in URL %s", url);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int parse_uint(const char *v, unsigned *out)
+{
+	char *end;
+	unsigned long n = strtoul(v, &end, 10);
+
+	if (!*v || *end || n == 0 || n > 86400)
+		return -EINVAL;
+	*out = (unsigned)n;
+	return 0;
+}
+
+static int parse_opts(char *opts, struct fs_args *a, char *err,
+		      size_t errlen)
+{
+	char *save = NULL;
+
+	for (char *o = strtok_r(opts, ",", &save); o;
+	     o = strtok_r(NULL, ",", &save)) {
+		char *v = strchr(o, '=');
+
+		if (v)
+			*v++ = '\0';
+		if (!strcmp(o, "cafile") && v) {
+			free(a->cfg.cafile);
+			a->cfg.cafile = xstrdup(v);
+		} else if (!strcmp(o, "password_command") && v) {
+			free(a->password_command);
+			a->password_command = xstrdup(v);
+		} else if (!strcmp(o, "cache_dir") && v) {
+			free(a->cfg.cache_dir);
+			a->cfg.cache_dir = xstrdup(v);
+		} else if (!strcmp(o, "poll_interval") && v) {
+			if (parse_uint(v, &a->cfg.poll_interval))
+				goto bad;
+		} else if (!strcmp(o, "timeout") && v) {
+			if (parse_uint(v, &a->cfg.timeout))
+				goto bad;
+		} else if (!strcmp(o, "debug") && v) {
+			free(a->debug_cats);
+			a->debug_cats = xstrdup(v);
+		} else if (!strcmp(o, "allow_other") && !v) {
+			a->allow_other = true;
+		} else {
+			snprintf(err, errlen, "unknown option %s", o);
+			return -EINVAL;
+		}
+		continue;
+bad:
+		snprintf(err, errlen, "bad value for option %s: %s", o, v);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static char *default_cache_dir(const char *user, const char *host)
+{
+	const char *xdg = getenv("XDG_CACHE_HOME");
+	const char *home = getenv("HOME");
+
+	if (xdg && *xdg)
+		return xasprintf("%s/convoyfs/%s@%s", xdg, user, host);
+	return xasprintf("%s/.cache/convoyfs/%s@%s", home ? home : "/tmp", user,
+			 host);
+}
+
+int args_parse(int argc, char **argv, struct fs_args *a, char *err,
+	       size_t errlen)
+{
+	const char *pos[2];
+	int npos = 0, rc;
+
+	memset(a, 0, sizeof(*a));
+	for (int i = 1; i < argc; i++) {
+		const char *arg = argv[i];
+
+		if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
+			a->help = true;
+			return 0;
+		} else if (!strcmp(arg, "-V") || !strcmp(arg, "--version")) {
+			a->version = true;
+			return 0;
+		} else if (!strcmp(arg, "-f")) {
+			a->foreground = true;
+		} else if (!strcmp(arg, "-d")) {
+			a->debug = a->foreground = true;
+		} else if (!strncmp(arg, "-o", 2)) {
+			char *opts;
+
+			if (arg[2])
+				opts = xstrdup(arg + 2);
+			else if (i + 1 < argc)
+				opts = xstrdup(argv[++i]);
+			else {
+				snprintf(err, errlen, "-o needs options");
+				return -EINVAL;
+			}
+			rc = parse_opts(opts, a, err, errlen);
+			free(opts);
+			if (rc)
+				return rc;
+		} else if (arg[0] == '-' && arg[1]) {
+			snprintf(err, errlen, "unknown flag %s", arg);
+			return -EINVAL;
+		} else if (npos < 2) {
+			pos[npos++] = arg;
+		} else {
+			snprintf(err, errlen, "too many arguments");
+			return -EINVAL;
+		}
+	}
+	if (npos != 2) {
+		snprintf(err, errlen, "need a URL and a mount point");
+		return -EINVAL;
+	}
+	rc = parse_url(pos[0], &a->cfg, err, errlen);
+	if (rc)
+		return rc;
+	a->mountpoint = xstrdup(pos[1]);
+	if (!a->cfg.cache_dir)
+		a->cfg.cache_dir = default_cache_dir(a->cfg.user, a->cfg.host);
+	if (!a->cfg.poll_interval)
+		a->cfg.poll_interval = 60;
+	if (!a->cfg.timeout)
+		a->cfg.timeout = 30;
+	return 0;
+}
+
+/* first line of @cmd's output, run by /bin/sh */
+static int from_command(const char *cmd, char **out, char *err, size_t errlen)
+{
+	FILE *p = popen(cmd, "r");
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	int status;
+
+	if (!p) {
+		snprintf(err, errlen, "cannot run password_command: %s",
+			 strerror(errno));
+		return -EIO;
+	}
+	n = getline(&line, &cap, p);
+	/* drain, so the command is not killed by SIGPIPE */
+	while (fgetc(p) != EOF)
+		;
+	status = pclose(p);
+	if (n <= 0 || status == -1 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status) != 0) {
+		if (line)
+			explicit_bzero(line, cap);
+		free(line);
+		snprintf(err, errlen,
+			 "password_command failed or printed nothing");
+		return -EIO;
+	}
+	if ((size_t)n != strlen(line)) {
+		explicit_bzero(line, cap);
+		free(line);
+		snprintf(err, errlen, "password contains a NUL byte");
+		return -EINVAL;
+	}
+	line[strcspn(line, "\r\n")] = '\0';
+	*out = line;
+	return 0;
+}
+
+/* ~/.netrc: machine HOST login USER password PASS (tokens, any layout) */
+static int from_netrc(const struct sync_config *cfg, char **out)
+{
+	const char *home = getenv("HOME");
+	char path[4096], tok[512], *pw = NULL;
+	bool in_machine = false, user_ok = false;
+	char *pending_pw = NULL;
+	struct stat st;
+	FILE *f;
+
+	if (!home)
+		return -ENOENT;
+	snprintf(path, sizeof(path), "%s/.netrc", home);
+	f = fopen(path, "r");
+	if (!f)
+		return -ENOENT;
+	if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077))
+		fprintf(stderr,
+			"convoyfs: warning: %s is readable by others\n", path);
+	while (!pw && fscanf(f, "%511s", tok) == 1) {
+		if (!strcmp(tok, "machine") || !strcmp(tok, "default")) {
+			if (in_machine && user_ok && pending_pw) {
+				pw = pending_pw;
+				pending_pw = NULL;
+				break;
+			}
+			free(pending_pw);
+			pending_pw = NULL;
+			user_ok = false;
+			in_machine = !strcmp(tok, "default");
+			if (!in_machine && fscanf(f, "%511s", tok) == 1)
+				in_machine = !strcmp(tok, cfg->host);
+		} else if (!strcmp(tok, "login") &&
+			   fscanf(f, "%511s", tok) == 1) {
+			user_ok = !strcmp(tok, cfg->user);
+		} else if (!strcmp(tok, "password") &&
+			   fscanf(f, "%511s", tok) == 1) {
+			free(pending_pw);
+			pending_pw = xstrdup(tok);
+		}
+	}
+	if (!pw && in_machine && user_ok && pending_pw) {
+		pw = pending_pw;
+		pending_pw = NULL;
+	}
+	free(pending_pw);
+	explicit_bzero(tok, sizeof(tok));
+	fclose(f);
+	if (!pw)
+		return -ENOENT;
+	*out = pw;
+	return 0;
+}
+
+static int from_prompt(const struct sync_config *cfg, char **out, char *err,
+		       size_t errlen)
+{
+	struct termios old, quiet;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+
+	if (!isatty(STDIN_FILENO)) {
+		snprintf(err, errlen,
+			 "no password: use -o password_command=CMD or "
+			 "~/.netrc, or run on a terminal");
+		return -EINVAL;
+	}
+	fprintf(stderr, "Password for %s@%s: ", cfg->user, cfg->host);
+	tcgetattr(STDIN_FILENO, &old);
+	quiet = old;
+	quiet.c_lflag &= ~(tcflag_t)ECHO;
+	tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+	n = getline(&line, &cap, stdin);
+	tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+	fputc('\n', stderr);
+	if (n <= 0) {
+		free(line);
+		snprintf(err, errlen, "no password given");
+		return -EINVAL;
+	}
+	line[strcspn(line, "\r\n")] = '\0';
+	*out = line;
+	return 0;
+}
+
+int args_password(struct fs_args *a, char *err, size_t errlen)
+{
+	char *pw = NULL;
+	int rc;
+
+	if (a->password_command)
+		rc = from_command(a->password_command, &pw, err, errlen);
+	else if ((rc = from_netrc(&a->cfg, &pw)) == -ENOENT)
+		rc = from_prompt(&a->cfg, &pw, err, errlen);
+	if (rc)
+		return rc;
+	if (has_bad_chars(pw)) {
+		explicit_bzero(pw, strlen(pw));
+		free(pw);
+		snprintf(err, errlen, "password contains CR or LF: refused");
+		return -EINVAL;
+	}
+	a->cfg.password = pw;
+	return 0;
+}
+
+void args_release(struct fs_args *a)
+{
+	free(a->mountpoint);
+	free(a->debug_cats);
+	free(a->password_command);
+	sync_config_release(&a->cfg);
+}

@@ -1,1 +1,839 @@
-/* placeholder: being written */
+/*
+ * ops.c - the filesystem: FUSE low-level operations answered from the
+ * store and the body cache. getattr, lookup and readdir never touch the
+ * network; only opening a message whose body is not cached waits for a
+ * fetcher, with a deadline. Writes answer EROFS for now.
+ */
+#define LOG_CAT "fs"
+#include <fuse_lowlevel.h>
+
+#include "fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "names.h"
+
+/* entries and attributes change only by sync; a short timeout keeps the
+ * tree fresh without invalidation traffic */
+#define ENTRY_TIMEOUT 1.0
+#define POOL_MAX 8
+#define PAGE 256
+/* readdir offsets: 1.. for ".", ".." and subdirectories, MSG_OFF + umid
+ * for messages, so a huge folder is read in pages by umid */
+#define MSG_OFF (1LL << 40)
+
+static const char *const xattr_names[] = {
+	"user.convoyfs.flags", "user.convoyfs.message-id", "user.convoyfs.uid",
+	"user.convoyfs.folder"
+};
+
+struct fs {
+	struct fs_args *a; /* borrowed */
+	struct sync *sync; /* borrowed */
+	uid_t uid;
+	gid_t gid;
+	pthread_mutex_t lock; /* guards tree and pool */
+	struct tree *tree;
+	atomic_bool folders_dirty;
+	struct store *pool[POOL_MAX];
+	size_t npool;
+};
+
+struct status_buf {
+	char *text;
+	size_t len;
+};
+
+static struct fs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+/* ---- store connections: a pool, one borrowed per operation ---- */
+
+static int borrow(struct fs *fs, struct store **out)
+{
+	struct store *st = NULL;
+	int rc;
+
+	pthread_mutex_lock(&fs->lock);
+	if (fs->npool)
+		st = fs->pool[--fs->npool];
+	pthread_mutex_unlock(&fs->lock);
+	if (st) {
+		*out = st;
+		return 0;
+	}
+	rc = store_open(fs->a->cfg.cache_dir, out);
+	if (rc)
+		log_error("cannot open the store: %s", strerror(-rc));
+	return rc ? -EIO : 0;
+}
+
+static void give_back(struct fs *fs, struct store *st)
+{
+	pthread_mutex_lock(&fs->lock);
+	if (fs->npool < POOL_MAX) {
+		fs->pool[fs->npool++] = st;
+		st = NULL;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	store_close(st);
+}
+
+/* ---- the folder tree ---- */
+
+static struct tree *tree_get(struct fs *fs)
+{
+	struct tree *t;
+
+	pthread_mutex_lock(&fs->lock);
+	if (!fs->tree || atomic_exchange(&fs->folders_dirty, false)) {
+		struct store_folder *f = NULL;
+		struct store *st = fs->npool ? fs->pool[--fs->npool] : NULL;
+		size_t n = 0;
+
+		if (!st && store_open(fs->a->cfg.cache_dir, &st))
+			st = NULL;
+		if (st && !store_folder_list(st, &f, &n)) {
+			tree_put(fs->tree);
+			fs->tree = tree_build(f, n);
+			store_folder_list_free(f, n);
+		} else if (!fs->tree) {
+			fs->tree = tree_build(NULL, 0);
+		}
+		if (st && fs->npool < POOL_MAX)
+			fs->pool[fs->npool++] = st;
+		else
+			store_close(st);
+	}
+	t = fs->tree;
+	atomic_fetch_add(&t->refs, 1);
+	pthread_mutex_unlock(&fs->lock);
+	return t;
+}
+
+static void on_change(const struct sync_change *c, void *aux)
+{
+	struct fs *fs = aux;
+
+	if (c->kind == SYNC_FOLDERS)
+		atomic_store(&fs->folders_dirty, true);
+}
+
+/* ---- attributes ---- */
+
+static bool is_message_ino(fuse_ino_t ino)
+{
+	return ino >= STORE_FIRST_UMID && !(ino & INO_KIND_MASK);
+}
+
+static bool msg_hidden(const struct store_msg *m)
+{
+	/* a message flagged \Deleted is gone as far as a reader goes */
+	const char *p = strstr(m->flags ? m->flags : "", "\\Deleted");
+
+	return p && (p[8] == '\0' || p[8] == ' ');
+}
+
+static void dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_mode = S_IFDIR | 0700;
+	st->st_nlink = 2;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_blksize = 4096;
+}
+
+static void msg_attr(struct fs *fs, const struct store_msg *m,
+		     struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = (ino_t)m->umid;
+	st->st_mode = S_IFREG | 0600;
+	st->st_nlink = 1;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_size = (off_t)m->size;
+	st->st_blocks = (blkcnt_t)((m->size + 511) / 512);
+	st->st_blksize = 4096;
+	st->st_mtim.tv_sec = m->date;
+	st->st_atim.tv_sec = m->date;
+	st->st_ctim.tv_sec = m->date;
+}
+
+static void file_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_mode = S_IFREG | 0400;
+	st->st_nlink = 1;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_blksize = 4096;
+}
+
+/* attributes of any directory inode; -ENOENT if it does not exist */
+static int any_dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
+{
+	struct tree *t;
+	bool found;
+
+	if (ino == INO_ROOT || ino == INO_CONVERSATIONS || ino == INO_CTL_DIR) {
+		dir_attr(fs, ino, st);
+		return 0;
+	}
+	t = tree_get(fs);
+	found = tree_find(t, ino) != NULL;
+	tree_put(t);
+	if (!found)
+		return -ENOENT;
+	dir_attr(fs, ino, st);
+	return 0;
+}
+
+static int get_msg(struct fs *fs, int64_t umid, struct store_msg *m)
+{
+	struct store *st;
+	int rc = borrow(fs, &st);
+
+	if (rc)
+		return rc;
+	rc = store_msg_get(st, umid, m);
+	give_back(fs, st);
+	if (!rc && msg_hidden(m)) {
+		store_msg_release(m);
+		rc = -ENOENT;
+	}
+	return rc == -ENOENT ? rc : (rc ? -EIO : 0);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct stat st;
+	int rc = 0;
+
+	if (is_message_ino(ino)) {
+		struct store_msg m;
+
+		rc = get_msg(fs, (int64_t)ino, &m);
+		if (!rc) {
+			msg_attr(fs, &m, &st);
+			store_msg_release(&m);
+		}
+	} else if (ino == INO_STATUS) {
+		file_attr(fs, ino, &st);
+	} else {
+		rc = any_dir_attr(fs, ino, &st);
+	}
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_attr(req, &st, ENTRY_TIMEOUT);
+}
+
+/* ---- lookup ---- */
+
+static void reply_entry(fuse_req_t req, const struct stat *st)
+{
+	struct fuse_entry_param e;
+
+	memset(&e, 0, sizeof(e));
+	e.ino = st->st_ino;
+	e.attr = *st;
+	e.attr_timeout = ENTRY_TIMEOUT;
+	e.entry_timeout = ENTRY_TIMEOUT;
+	fuse_reply_entry(req, &e);
+}
+
+/* a message file @name in folder @folder */
+static int lookup_message(struct fs *fs, int64_t folder, const char *name,
+			  struct stat *st)
+{
+	char expect[NAMES_MAX + 1];
+	int64_t umid = names_message_umid(name);
+	struct store_msg m;
+	int rc;
+
+	if (umid < STORE_FIRST_UMID)
+		return -ENOENT;
+	rc = get_msg(fs, umid, &m);
+	if (rc)
+		return rc;
+	names_message(expect, m.date, m.zone, m.subject, m.umid);
+	if (m.folder != folder || strcmp(expect, name))
+		rc = -ENOENT;
+	else
+		msg_attr(fs, &m, st);
+	store_msg_release(&m);
+	return rc;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	const struct tree_dir *dir, *child;
+	struct stat st;
+	struct tree *t;
+	int rc = -ENOENT;
+
+	if (parent == INO_CTL_DIR) {
+		if (!strcmp(name, "status")) {
+			file_attr(fs, INO_STATUS, &st);
+			rc = 0;
+		}
+		goto out;
+	}
+	if (parent == INO_CONVERSATIONS)
+		goto out;
+	if (parent == INO_ROOT && !strcmp(name, CONVERSATIONS_NAME)) {
+		dir_attr(fs, INO_CONVERSATIONS, &st);
+		rc = 0;
+		goto out;
+	}
+	if (parent == INO_ROOT && !strcmp(name, CTL_DIR_NAME)) {
+		dir_attr(fs, INO_CTL_DIR, &st);
+		rc = 0;
+		goto out;
+	}
+	t = tree_get(fs);
+	dir = tree_find(t, parent);
+	if (!dir) {
+		tree_put(t);
+		goto out;
+	}
+	child = tree_child(t, dir, name);
+	if (child) {
+		dir_attr(fs, child->ino, &st);
+		rc = 0;
+	} else if (dir->selectable) {
+		int64_t folder = dir->folder;
+
+		tree_put(t);
+		rc = lookup_message(fs, folder, name, &st);
+		goto out;
+	}
+	tree_put(t);
+out:
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		reply_entry(req, &st);
+}
+
+/* ---- readdir ---- */
+
+struct dirbuf {
+	fuse_req_t req;
+	char *buf;
+	size_t size, used;
+};
+
+/* false when the buffer is full */
+static bool dir_add(struct dirbuf *d, const char *name, fuse_ino_t ino,
+		    mode_t mode, off_t next)
+{
+	struct stat st = { .st_ino = ino, .st_mode = mode };
+	size_t len = fuse_add_direntry(d->req, d->buf + d->used,
+				       d->size - d->used, name, &st, next);
+
+	if (len > d->size - d->used)
+		return false;
+	d->used += len;
+	return true;
+}
+
+static int add_messages(struct fs *fs, struct dirbuf *d, int64_t folder,
+			int64_t after)
+{
+	struct store_msg page[PAGE];
+	struct store *st;
+	int rc = borrow(fs, &st);
+
+	if (rc)
+		return rc;
+	for (;;) {
+		size_t n = 0, i;
+		bool full = false;
+
+		rc = store_msg_list(st, folder, after, PAGE, page, &n);
+		if (rc)
+			break;
+		for (i = 0; i < n; i++) {
+			char name[NAMES_MAX + 1];
+
+			after = page[i].umid;
+			if (!full && !msg_hidden(&page[i])) {
+				names_message(name, page[i].date, page[i].zone,
+					      page[i].subject, page[i].umid);
+				full = !dir_add(d, name, (fuse_ino_t)page[i].umid,
+						S_IFREG, MSG_OFF + page[i].umid);
+			}
+			store_msg_release(&page[i]);
+		}
+		if (full || n < PAGE)
+			break;
+	}
+	give_back(fs, st);
+	return rc ? -EIO : 0;
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct dirbuf d = { .req = req, .size = size };
+	const struct tree_dir *dir = NULL;
+	struct tree *t = NULL;
+	int64_t folder = 0;
+	int rc = 0;
+
+	d.buf = xmalloc(size);
+	if (ino == INO_CTL_DIR || ino == INO_CONVERSATIONS) {
+		const char *names[] = { ".", "..", "status" };
+		size_t count = ino == INO_CTL_DIR ? 3 : 2;
+
+		for (off_t i = off; i < (off_t)count; i++)
+			if (!dir_add(&d, names[i], i < 2 ? ino : INO_STATUS,
+				     i < 2 ? S_IFDIR : S_IFREG, i + 1))
+				break;
+		goto reply;
+	}
+	t = tree_get(fs);
+	dir = tree_find(t, ino);
+	if (!dir) {
+		rc = -ENOENT;
+		goto reply;
+	}
+	if (off < MSG_OFF) {
+		/* ".", "..", then the root's own entries, then subfolders */
+		const char *extra[] = { CONVERSATIONS_NAME, CTL_DIR_NAME };
+		const fuse_ino_t extra_ino[] = { INO_CONVERSATIONS,
+						 INO_CTL_DIR };
+		size_t nextra = ino == INO_ROOT ? 2 : 0;
+		off_t i = off;
+		bool full = false;
+
+		for (; !full && i < (off_t)(2 + nextra + dir->nchildren); i++) {
+			if (i < 2)
+				full = !dir_add(&d, i ? ".." : ".", ino,
+						S_IFDIR, i + 1);
+			else if (i < (off_t)(2 + nextra))
+				full = !dir_add(&d, extra[i - 2],
+						extra_ino[i - 2], S_IFDIR,
+						i + 1);
+			else {
+				const struct tree_dir *c =
+					&t->dirs[dir->children[i - 2 - nextra]];
+
+				full = !dir_add(&d, c->name, c->ino, S_IFDIR,
+						i + 1);
+			}
+		}
+		if (full)
+			goto reply;
+		off = MSG_OFF;
+	}
+	folder = dir->selectable ? dir->folder : 0;
+	tree_put(t);
+	t = NULL;
+	if (folder)
+		rc = add_messages(fs, &d, folder, off - MSG_OFF);
+reply:
+	tree_put(t);
+	if (rc && !d.used)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_buf(req, d.buf, d.used);
+	free(d.buf);
+}
+
+/* ---- reading ---- */
+
+static char *status_text(struct fs *fs)
+{
+	struct store_folder *f = NULL;
+	struct store *st;
+	char *head, *out;
+	size_t n = 0, len;
+
+	sync_status(fs->sync, &head);
+	len = strlen(head);
+	out = head;
+	if (borrow(fs, &st))
+		return out;
+	if (!store_folder_list(st, &f, &n)) {
+		for (size_t i = 0; i < n; i++) {
+			uint64_t count = 0;
+			char *line;
+
+			if (f[i].noselect)
+				continue;
+			store_folder_count(st, f[i].id, &count);
+			line = xasprintf("folder %s: %llu messages, %s\n",
+					 f[i].display,
+					 (unsigned long long)count,
+					 f[i].low_uid == 1 ? "complete"
+							   : "learning");
+			out = xrealloc(out, len + strlen(line) + 1);
+			strcpy(out + len, line);
+			len += strlen(line);
+			free(line);
+		}
+		store_folder_list_free(f, n);
+	}
+	give_back(fs, st);
+	return out;
+}
+
+static int open_body(struct fs *fs, int64_t umid)
+{
+	struct store *st;
+	int rc, fd;
+
+	rc = borrow(fs, &st);
+	if (rc)
+		return rc;
+	fd = store_body_open(st, umid);
+	give_back(fs, st);
+	return fd;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct store_msg m;
+	int rc, fd;
+
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (ino == INO_STATUS) {
+		struct status_buf *sb = xcalloc(1, sizeof(*sb));
+
+		sb->text = status_text(fs);
+		sb->len = strlen(sb->text);
+		fi->fh = (uint64_t)(uintptr_t)sb;
+		fi->direct_io = 1;
+		fuse_reply_open(req, fi);
+		return;
+	}
+	if (!is_message_ino(ino)) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	rc = get_msg(fs, (int64_t)ino, &m);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	store_msg_release(&m);
+	fd = open_body(fs, (int64_t)ino);
+	if (fd == -ENOENT) {
+		rc = sync_fetch_body(fs->sync, (int64_t)ino);
+		fd = rc ? rc : open_body(fs, (int64_t)ino);
+	}
+	if (fd < 0) {
+		fuse_reply_err(req, fd == -ENOENT ? ENOENT : EIO);
+		return;
+	}
+	fi->fh = (uint64_t)fd;
+	/* the content never changes: the page cache may keep it */
+	fi->keep_cache = 1;
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		close(fd); /* interrupted: nobody will release it */
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	if (ino == INO_STATUS) {
+		struct status_buf *sb = (struct status_buf *)(uintptr_t)fi->fh;
+
+		if ((size_t)off >= sb->len)
+			fuse_reply_buf(req, NULL, 0);
+		else
+			fuse_reply_buf(req, sb->text + off,
+				       size < sb->len - (size_t)off
+					       ? size
+					       : sb->len - (size_t)off);
+		return;
+	}
+	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+
+	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	buf.buf[0].fd = (int)fi->fh;
+	buf.buf[0].pos = off;
+	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	if (ino == INO_STATUS) {
+		struct status_buf *sb = (struct status_buf *)(uintptr_t)fi->fh;
+
+		free(sb->text);
+		free(sb);
+	} else {
+		close((int)fi->fh);
+	}
+	fuse_reply_err(req, 0);
+}
+
+/* ---- extended attributes ---- */
+
+static int xattr_value(struct fs *fs, fuse_ino_t ino, const char *name,
+		       char **value)
+{
+	struct store_msg m;
+	int rc;
+
+	if (!is_message_ino(ino))
+		return -ENODATA;
+	rc = get_msg(fs, (int64_t)ino, &m);
+	if (rc)
+		return rc;
+	rc = 0;
+	if (!strcmp(name, xattr_names[0])) {
+		*value = xstrdup(m.flags ? m.flags : "");
+	} else if (!strcmp(name, xattr_names[1]) && m.message_id) {
+		*value = xstrdup(m.message_id);
+	} else if (!strcmp(name, xattr_names[2])) {
+		*value = xasprintf("%u", m.uid);
+	} else if (!strcmp(name, xattr_names[3])) {
+		struct store_folder f;
+		struct store *st;
+
+		rc = borrow(fs, &st);
+		if (!rc) {
+			rc = store_folder_get(st, m.folder, &f);
+			give_back(fs, st);
+		}
+		if (!rc) {
+			*value = xstrdup(f.name);
+			store_folder_release(&f);
+		}
+	} else {
+		rc = -ENODATA;
+	}
+	store_msg_release(&m);
+	return rc;
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			size_t size)
+{
+	char *value = NULL;
+	int rc = xattr_value(fs_of(req), ino, name, &value);
+	size_t len;
+
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	len = strlen(value);
+	if (!size)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, value, len);
+	free(value);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	char buf[256];
+	size_t len = 0;
+
+	if (is_message_ino(ino)) {
+		for (size_t i = 0; i < sizeof(xattr_names) / sizeof(xattr_names[0]);
+		     i++) {
+			memcpy(buf + len, xattr_names[i],
+			       strlen(xattr_names[i]) + 1);
+			len += strlen(xattr_names[i]) + 1;
+		}
+	}
+	if (!size)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, buf, len);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv;
+
+	memset(&sv, 0, sizeof(sv));
+	sv.f_bsize = 4096;
+	sv.f_frsize = 4096;
+	sv.f_namemax = NAMES_MAX;
+	fuse_reply_statfs(req, &sv);
+}
+
+/* ---- writes: a read-only filesystem for now ---- */
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode, dev_t rdev)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+		       const char *name)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      fuse_ino_t newparent, const char *newname,
+		      unsigned int flags)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		    const char *newname)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      mode_t mode, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		     size_t size, off_t off, struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			const char *value, size_t size, int flags)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+	.lookup = op_lookup,
+	.getattr = op_getattr,
+	.readdir = op_readdir,
+	.open = op_open,
+	.read = op_read,
+	.release = op_release,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.statfs = op_statfs,
+	.setattr = op_setattr,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_unlink,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.create = op_create,
+	.write = op_write,
+	.setxattr = op_setxattr,
+	.removexattr = op_removexattr,
+};
+
+int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
+{
+	struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_loop_config *lc;
+	struct fuse_session *se;
+	struct fs fs = { .a = a, .sync = sync };
+	int ret = 1, rc;
+
+	fs.uid = getuid();
+	fs.gid = getgid();
+	pthread_mutex_init(&fs.lock, NULL);
+	fuse_opt_add_arg(&fargs, argv[0]);
+	if (a->debug)
+		fuse_opt_add_arg(&fargs, "-d");
+	fuse_opt_add_arg(&fargs, "-o");
+	fuse_opt_add_arg(&fargs, a->allow_other
+					 ? "fsname=convoyfs,subtype=convoyfs,"
+					   "allow_other"
+					 : "fsname=convoyfs,subtype=convoyfs");
+
+	se = fuse_session_new(&fargs, &ops, sizeof(ops), &fs);
+	if (!se)
+		goto out_args;
+	if (fuse_set_signal_handlers(se))
+		goto out_session;
+	if (fuse_session_mount(se, a->mountpoint)) {
+		fprintf(stderr, "convoyfs: cannot mount on %s\n",
+			a->mountpoint);
+		goto out_signals;
+	}
+	fuse_daemonize(a->foreground);
+	if (!a->foreground)
+		log_set_syslog(true);
+
+	sync_set_changed(sync, on_change, &fs);
+	rc = sync_start(sync);
+	if (rc) {
+		log_error("cannot start the sync: %s", strerror(-rc));
+		goto out_unmount;
+	}
+	lc = fuse_loop_cfg_create();
+	fuse_loop_cfg_set_max_threads(lc, 16);
+	ret = fuse_session_loop_mt(se, lc) ? 1 : 0;
+	fuse_loop_cfg_destroy(lc);
+	sync_stop(sync);
+out_unmount:
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_session:
+	fuse_session_destroy(se);
+out_args:
+	fuse_opt_free_args(&fargs);
+	tree_put(fs.tree);
+	for (size_t i = 0; i < fs.npool; i++)
+		store_close(fs.pool[i]);
+	pthread_mutex_destroy(&fs.lock);
+	return ret;
+}

@@ -1,1 +1,326 @@
-/* placeholder: being written */
+/*
+ * fetch.c - bodies on demand: a FUSE read of a message not yet cached
+ * queues a request; a fetcher thread, on a connection of its own, runs
+ * UID FETCH uid BODY.PEEK[] (PEEK: reading never marks mail \Seen),
+ * streams the literal into the body cache and commits it atomically.
+ * The waiter gives up (EIO) when no fetcher made progress for the
+ * configured timeout, so a dead server never hangs a read.
+ */
+#define LOG_CAT "fetch"
+#include "engine.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common.h"
+
+struct body_sink {
+	struct sync *s;
+	struct store_body_writer *w;
+	uint64_t got;
+	int rc;
+};
+
+static void progress(struct sync *s)
+{
+	pthread_mutex_lock(&s->lock);
+	s->fetch_progress_ms = now_ms();
+	pthread_mutex_unlock(&s->lock);
+}
+
+static bool on_body(int type, struct mailimap_msg_att_body_section *sec,
+		    const char *bytes, size_t len, void *ctx)
+{
+	struct body_sink *b = ctx;
+	int rc;
+
+	rc = store_body_append(b->w, bytes, len);
+	if (rc) {
+		b->rc = rc;
+		return false;
+	}
+	b->got += len;
+	progress(b->s);
+	return true;
+}
+
+static void no_progress(size_t current, size_t maximum, void *ctx)
+{
+}
+
+static void on_att(struct mailimap_msg_att *att, void *ctx)
+{
+}
+
+static int ensure_conn(struct fetcher *f)
+{
+	char err[256];
+	int rc;
+
+	if (f->conn && !conn_is_broken(f->conn))
+		return 0;
+	conn_close(f->conn);
+	f->conn = NULL;
+	rc = conn_open(&f->s->cfg, &f->conn, err, sizeof(err));
+	if (rc) {
+		sync_set_error(f->s, err);
+		log_warn("%s", err);
+	}
+	return rc;
+}
+
+/*
+ * fetch_one - the body of @umid into the cache. 0, -ENOENT when the
+ * server no longer has it, -EIO otherwise.
+ */
+static int fetch_one(struct fetcher *f, int64_t umid)
+{
+	struct store_msg m = { 0 };
+	struct store_folder fo = { 0 };
+	struct body_sink sink = { .s = f->s };
+	struct mailimap_fetch_type *ft;
+	clist *result = NULL;
+	int rc;
+
+	if (store_body_cached(f->st, umid))
+		return 0;
+	rc = store_msg_get(f->st, umid, &m);
+	if (rc)
+		return rc;
+	rc = store_folder_get(f->st, m.folder, &fo);
+	if (rc)
+		goto out_msg;
+	rc = ensure_conn(f);
+	if (rc) {
+		rc = -EIO;
+		goto out_folder;
+	}
+	rc = conn_select(f->conn, fo.name, true);
+	if (rc)
+		goto out_folder;
+	if (f->conn->imap->imap_selection_info->sel_uidvalidity !=
+	    fo.uidvalidity) {
+		/* the UIDs we hold are stale until the sync relearns them */
+		rc = -ENOENT;
+		goto out_folder;
+	}
+	rc = store_body_begin(f->st, umid, &sink.w);
+	if (rc)
+		goto out_folder;
+	ft = mailimap_fetch_type_new_fetch_att_list_empty();
+	mailimap_fetch_type_new_fetch_att_list_add(ft,
+						   mailimap_fetch_att_new_uid());
+	mailimap_fetch_type_new_fetch_att_list_add(
+		ft, mailimap_fetch_att_new_body_peek_section(
+			    mailimap_section_new(NULL)));
+	mailimap_set_msg_body_handler(f->conn->imap, on_body, &sink);
+	mailimap_set_msg_att_handler(f->conn->imap, on_att, &sink);
+	mailimap_set_progress_callback(f->conn->imap, no_progress, no_progress,
+				       &sink);
+	{
+		struct mailimap_set *set = mailimap_set_new_single(m.uid);
+
+		rc = mailimap_uid_fetch(f->conn->imap, set, ft, &result);
+		mailimap_set_free(set);
+	}
+	mailimap_set_msg_body_handler(f->conn->imap, NULL, NULL);
+	mailimap_set_msg_att_handler(f->conn->imap, NULL, NULL);
+	mailimap_set_progress_callback(f->conn->imap, NULL, NULL, NULL);
+	if (result)
+		mailimap_fetch_list_free(result);
+	mailimap_fetch_type_free(ft);
+
+	if (rc != MAILIMAP_NO_ERROR) {
+		store_body_abort(sink.w);
+		rc = sink.rc ? sink.rc : conn_errno(f->conn, rc,
+						     "cannot fetch a body");
+		if (rc != -ENOSPC)
+			rc = -EIO;
+		goto out_folder;
+	}
+	if (!sink.got && m.size) {
+		/* no FETCH came back: expunged by another client */
+		store_body_abort(sink.w);
+		rc = -ENOENT;
+		goto out_folder;
+	}
+	rc = store_body_commit(sink.w);
+	if (!rc)
+		atomic_fetch_add(&f->s->bodies_fetched, 1);
+out_folder:
+	store_folder_release(&fo);
+out_msg:
+	store_msg_release(&m);
+	return rc;
+}
+
+static struct fetch_req *next_request(struct sync *s)
+{
+	for (struct fetch_req *r = s->queue; r; r = r->next)
+		if (!r->taken && !r->done)
+			return r;
+	return NULL;
+}
+
+static bool any_taken(struct sync *s)
+{
+	for (struct fetch_req *r = s->queue; r; r = r->next)
+		if (r->taken && !r->done)
+			return true;
+	return false;
+}
+
+static void unlink_req(struct sync *s, struct fetch_req *req)
+{
+	for (struct fetch_req **p = &s->queue; *p; p = &(*p)->next)
+		if (*p == req) {
+			*p = req->next;
+			return;
+		}
+}
+
+static void *fetcher_main(void *arg)
+{
+	struct fetcher *f = arg;
+	struct sync *s = f->s;
+
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		struct fetch_req *req;
+		int64_t umid;
+		int rc;
+
+		while (!s->stopping && !(req = next_request(s)))
+			pthread_cond_wait(&s->fetch_wake, &s->lock);
+		if (s->stopping)
+			break;
+		req->taken = true;
+		umid = req->umid;
+		s->fetch_progress_ms = now_ms();
+		pthread_mutex_unlock(&s->lock);
+
+		rc = fetch_one(f, umid);
+		if (rc == -EIO && !sync_is_stopping(s)) {
+			/* one retry on a fresh connection: the old one may
+			 * have been dropped by the server while idle */
+			rc = fetch_one(f, umid);
+		}
+
+		pthread_mutex_lock(&s->lock);
+		req->rc = rc;
+		req->done = true;
+		if (!req->waiters) {
+			unlink_req(s, req);
+			free(req);
+		}
+		pthread_cond_broadcast(&s->fetch_done);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+int sync_fetch_body(struct sync *s, int64_t umid)
+{
+	struct fetch_req *req;
+	long long limit = (long long)s->cfg.timeout * 1000;
+	int rc;
+
+	pthread_mutex_lock(&s->lock);
+	if (s->stopping) {
+		pthread_mutex_unlock(&s->lock);
+		return -ESHUTDOWN;
+	}
+	for (req = s->queue; req; req = req->next)
+		if (req->umid == umid && !req->done)
+			break;
+	if (!req) {
+		req = xcalloc(1, sizeof(*req));
+		req->umid = umid;
+		req->next = s->queue;
+		s->queue = req;
+		if (!any_taken(s))
+			s->fetch_progress_ms = now_ms();
+		pthread_cond_signal(&s->fetch_wake);
+	}
+	req->waiters++;
+	while (!req->done && !s->stopping) {
+		struct timespec ts;
+
+		if (now_ms() - s->fetch_progress_ms > limit)
+			break;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 1;
+		pthread_cond_timedwait(&s->fetch_done, &s->lock, &ts);
+	}
+	rc = req->done ? req->rc : (s->stopping ? -ESHUTDOWN : -EIO);
+	if (--req->waiters == 0 && req->done) {
+		unlink_req(s, req);
+		free(req);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (rc == -EIO)
+		log_warn("body of message %lld not fetched in time",
+			 (long long)umid);
+	return rc;
+}
+
+int fetch_start(struct sync *s)
+{
+	for (int i = 0; i < FETCHERS; i++) {
+		struct fetcher *f = &s->fetchers[i];
+		int rc;
+
+		f->s = s;
+		rc = store_open(s->cfg.cache_dir, &f->st);
+		if (!rc)
+			rc = -pthread_create(&f->thread, NULL, fetcher_main, f);
+		if (rc) {
+			store_close(f->st);
+			f->st = NULL;
+			pthread_mutex_lock(&s->lock);
+			s->stopping = true;
+			pthread_cond_broadcast(&s->fetch_wake);
+			pthread_mutex_unlock(&s->lock);
+			fetch_stop(s);
+			return rc;
+		}
+	}
+	return 0;
+}
+
+void fetch_stop(struct sync *s)
+{
+	for (int i = 0; i < FETCHERS; i++) {
+		struct fetcher *f = &s->fetchers[i];
+
+		if (!f->st)
+			continue;
+		pthread_join(f->thread, NULL);
+		conn_close(f->conn);
+		f->conn = NULL;
+		store_close(f->st);
+		f->st = NULL;
+	}
+	/* finish every request: a waiter still holding one frees it when it
+	 * leaves, the others go now */
+	pthread_mutex_lock(&s->lock);
+	for (struct fetch_req **p = &s->queue; *p;) {
+		struct fetch_req *r = *p;
+
+		if (!r->done) {
+			r->done = true;
+			r->rc = -ESHUTDOWN;
+		}
+		if (r->waiters) {
+			p = &r->next;
+			continue;
+		}
+		*p = r->next;
+		free(r);
+	}
+	pthread_cond_broadcast(&s->fetch_done);
+	pthread_mutex_unlock(&s->lock);
+}
