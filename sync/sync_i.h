@@ -68,7 +68,8 @@ struct conn {
 
 /*
  * conn_open - connect, TLS (implicit, or STARTTLS required for imap://),
- * read the greeting, LOGIN (or AUTHENTICATE PLAIN when LOGINDISABLED),
+ * read the greeting, LOGIN (a server that advertises LOGINDISABLED is
+ * refused with a clear line: libetpan's AUTHENTICATE needs SASL plugins),
  * then probe capabilities again. User and password with CR, LF or NUL
  * are refused (-EINVAL) before anything is sent. On failure one clear
  * line is in @err and the return is as for sync_new().
