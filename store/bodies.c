@@ -1,1 +1,444 @@
-/* placeholder: being written */
+/*
+ * bodies.c - the body cache: one file per umid under
+ * <dir>/bodies/<umid % 256 in hex>/<umid>, written atomically, and the
+ * bodies table that orders them for eviction.
+ *
+ * The file is the truth about what is cached. Every path that removes
+ * a body removes the file before the row, so a crash or a rollback can
+ * leave a row without a file (read as "not cached", dropped by trim) but
+ * never a file that nothing accounts for.
+ */
+#include "store_i.h"
+
+#define LOG_CAT "store"
+#include "common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* reads are recorded at most this long after they happened */
+#define TOUCH_DELAY_MS 2000
+
+struct store_body_writer {
+	struct store *s; /* borrowed */
+	int64_t umid;
+	int fd; /* the temporary file, -1 once closed */
+	int err; /* first failure of append, returned by commit */
+	uint64_t size;
+	char dir[PATH_MAX];
+	char tmp[PATH_MAX];
+};
+
+static atomic_uint tmp_counter;
+
+static int body_dir(struct store *s, int64_t umid, char *buf)
+{
+	int n = snprintf(buf, PATH_MAX, "%s/%02x", s->bodydir,
+			 (unsigned)(umid & 0xff));
+
+	return n < 0 || n >= PATH_MAX ? -ENAMETOOLONG : 0;
+}
+
+int store_body_path(struct store *s, int64_t umid, char *buf)
+{
+	int n = snprintf(buf, PATH_MAX, "%s/%02x/%lld", s->bodydir,
+			 (unsigned)(umid & 0xff), (long long)umid);
+
+	return n < 0 || n >= PATH_MAX ? -ENAMETOOLONG : 0;
+}
+
+int store_body_unlink(struct store *s, int64_t umid)
+{
+	char path[PATH_MAX];
+	int rc;
+
+	rc = store_body_path(s, umid, path);
+	if (rc)
+		return rc;
+	if (unlink(path) && errno != ENOENT) {
+		rc = -errno;
+		log_error("cannot remove cached body %s: %s", path,
+			  strerror(errno));
+		return rc;
+	}
+	return 0;
+}
+
+/* ---- reads and their bookkeeping ---- */
+
+/*
+ * A read from a FUSE worker must not wait for the sync thread's write
+ * transaction, nor pay an fsync for each open: reads are queued on the
+ * connection and written in one short transaction now and then, given
+ * up at once when another connection holds the write lock.
+ */
+void store_touch_flush(struct store *s, bool wait)
+{
+	sqlite3_stmt *st;
+	size_t i;
+	int rc = SQLITE_DONE;
+
+	/* never mix them into a transaction of the caller's */
+	if (!s->ntouch || !sqlite3_get_autocommit(s->db))
+		return;
+	if (!wait)
+		sqlite3_busy_timeout(s->db, 0);
+	if (store_prepare(s, ST_BEGIN, &st))
+		goto out;
+	rc = sqlite3_step(st);
+	store_done(st);
+	if (rc != SQLITE_DONE)
+		goto out;
+	if (store_prepare(s, ST_BODY_TOUCH, &st)) {
+		rc = SQLITE_ERROR;
+		goto out_rollback;
+	}
+	for (i = 0; i < s->ntouch && rc == SQLITE_DONE; i++) {
+		sqlite3_bind_int64(st, 1, s->touch[i].umid);
+		sqlite3_bind_int64(st, 2, s->touch[i].when_ms);
+		rc = sqlite3_step(st);
+		store_done(st);
+	}
+	if (rc != SQLITE_DONE)
+		goto out_rollback;
+	if (store_prepare(s, ST_COMMIT, &st)) {
+		rc = SQLITE_ERROR;
+		goto out_rollback;
+	}
+	rc = sqlite3_step(st);
+	store_done(st);
+	if (rc == SQLITE_DONE) {
+		s->ntouch = 0;
+		goto out;
+	}
+out_rollback:
+	store_rollback(s);
+out:
+	if (rc != SQLITE_DONE)
+		log_debug("cannot record body reads now: %s",
+			  sqlite3_errstr(rc));
+	if (!wait)
+		sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
+}
+
+static void touch(struct store *s, int64_t umid)
+{
+	long long now = now_ms();
+	size_t i;
+
+	for (i = 0; i < s->ntouch; i++) {
+		if (s->touch[i].umid == umid) {
+			s->touch[i].when_ms = store_now_ms();
+			goto flush;
+		}
+	}
+	if (s->ntouch == STORE_TOUCH_MAX) {
+		/* still busy after the last try: forget the oldest read */
+		memmove(&s->touch[0], &s->touch[1],
+			(STORE_TOUCH_MAX - 1) * sizeof(s->touch[0]));
+		s->ntouch--;
+	}
+	if (!s->ntouch)
+		s->touch_first_ms = now;
+	s->touch[s->ntouch].umid = umid;
+	s->touch[s->ntouch].when_ms = store_now_ms();
+	s->ntouch++;
+flush:
+	if (s->ntouch == STORE_TOUCH_MAX ||
+	    now - s->touch_first_ms >= TOUCH_DELAY_MS)
+		store_touch_flush(s, false);
+}
+
+int store_body_open(struct store *s, int64_t umid)
+{
+	char path[PATH_MAX];
+	int fd, rc;
+
+	if (umid <= 0)
+		return -ENOENT;
+	rc = store_body_path(s, umid, path);
+	if (rc)
+		return rc;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		rc = -errno;
+		if (rc != -ENOENT)
+			log_error("cannot open cached body %s: %s", path,
+				  strerror(errno));
+		return rc;
+	}
+	touch(s, umid);
+	return fd;
+}
+
+bool store_body_cached(struct store *s, int64_t umid)
+{
+	char path[PATH_MAX];
+
+	if (umid <= 0 || store_body_path(s, umid, path))
+		return false;
+	return access(path, F_OK) == 0;
+}
+
+/* ---- writing ---- */
+
+int store_body_begin(struct store *s, int64_t umid,
+		     struct store_body_writer **out)
+{
+	struct store_body_writer *w;
+	int rc, tries;
+
+	*out = NULL;
+	if (umid <= 0)
+		return -EINVAL;
+	w = xcalloc(1, sizeof(*w));
+	w->s = s;
+	w->umid = umid;
+	w->fd = -1;
+	rc = body_dir(s, umid, w->dir);
+	if (rc)
+		goto out_free;
+	if (!mkdir(w->dir, 0700)) {
+		/* umask may have taken bits that 0700 asked for */
+		chmod(w->dir, 0700);
+	} else if (errno != EEXIST) {
+		rc = -errno;
+		log_error("cannot create directory %s: %s", w->dir,
+			  strerror(errno));
+		goto out_free;
+	}
+	/* same directory as the target, so that rename is atomic */
+	for (tries = 0; tries < 100; tries++) {
+		int n = snprintf(w->tmp, sizeof(w->tmp), "%s/.tmp-%lld-%d-%u",
+				 w->dir, (long long)umid, (int)getpid(),
+				 atomic_fetch_add(&tmp_counter, 1));
+
+		if (n < 0 || n >= (int)sizeof(w->tmp)) {
+			rc = -ENAMETOOLONG;
+			goto out_free;
+		}
+		w->fd = open(w->tmp,
+			     O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC |
+				     O_NOFOLLOW,
+			     0600);
+		if (w->fd >= 0 || errno != EEXIST)
+			break;
+	}
+	if (w->fd < 0) {
+		rc = -errno;
+		log_error("cannot create %s: %s", w->tmp, strerror(errno));
+		goto out_free;
+	}
+	if (fchmod(w->fd, 0600)) {
+		rc = -errno;
+		log_error("cannot chmod %s: %s", w->tmp, strerror(errno));
+		store_body_abort(w);
+		return rc;
+	}
+	*out = w;
+	return 0;
+
+out_free:
+	free(w);
+	return rc;
+}
+
+int store_body_append(struct store_body_writer *w, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	if (w->err)
+		return w->err;
+	while (len) {
+		ssize_t n = write(w->fd, p, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			w->err = -errno;
+			log_error("cannot write body of message %lld: %s",
+				  (long long)w->umid, strerror(errno));
+			return w->err;
+		}
+		p += n;
+		len -= (size_t)n;
+		w->size += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+	int fd, rc = 0;
+
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd))
+		rc = -errno;
+	if (fd >= 0)
+		close(fd);
+	if (rc)
+		log_error("cannot sync directory %s: %s", dir, strerror(-rc));
+	return rc;
+}
+
+static int body_row_put(struct store *s, int64_t umid, uint64_t size)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, ST_BODY_PUT, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, umid);
+	sqlite3_bind_int64(st, 2, (int64_t)size);
+	/* a body just fetched is about to be read */
+	sqlite3_bind_int64(st, 3, store_now_ms());
+	rc = sqlite3_step(st);
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_BODY_PUT, rc);
+	store_done(st);
+	return rc;
+}
+
+int store_body_commit(struct store_body_writer *w)
+{
+	char path[PATH_MAX];
+	int rc = w->err;
+
+	if (rc)
+		goto out_abort;
+	if (fsync(w->fd)) {
+		rc = -errno;
+		log_error("cannot sync %s: %s", w->tmp, strerror(errno));
+		goto out_abort;
+	}
+	rc = close(w->fd) ? -errno : 0;
+	w->fd = -1;
+	if (rc) {
+		log_error("cannot close %s: %s", w->tmp, strerror(-rc));
+		goto out_abort;
+	}
+	rc = store_body_path(w->s, w->umid, path);
+	if (rc)
+		goto out_abort;
+	if (rename(w->tmp, path)) {
+		rc = -errno;
+		log_error("cannot rename %s to %s: %s", w->tmp, path,
+			  strerror(errno));
+		goto out_abort;
+	}
+	rc = fsync_dir(w->dir);
+	if (!rc)
+		rc = body_row_put(w->s, w->umid, w->size);
+	if (rc)
+		/* not durable or not accounted for: not cached */
+		unlink(path);
+	free(w);
+	return rc;
+
+out_abort:
+	store_body_abort(w);
+	return rc;
+}
+
+void store_body_abort(struct store_body_writer *w)
+{
+	if (!w)
+		return;
+	if (w->fd >= 0)
+		close(w->fd);
+	if (unlink(w->tmp) && errno != ENOENT)
+		log_warn("cannot remove %s: %s", w->tmp, strerror(errno));
+	free(w);
+}
+
+/* ---- eviction ---- */
+
+static int body_total(struct store *s, uint64_t *total)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, ST_BODY_TOTAL, &st);
+	if (rc)
+		return rc;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*total = (uint64_t)sqlite3_column_int64(st, 0);
+		rc = 0;
+	} else {
+		rc = store_fail(s, ST_BODY_TOTAL, rc);
+	}
+	store_done(st);
+	return rc;
+}
+
+/* the least recently read bodies whose removal brings @total to @budget */
+static int body_victims(struct store *s, uint64_t total, uint64_t budget,
+			int64_t **out, size_t *n)
+{
+	int64_t *v = NULL;
+	size_t len = 0, cap = 0;
+	sqlite3_stmt *st;
+	int rc;
+
+	*out = NULL;
+	*n = 0;
+	rc = store_prepare(s, ST_BODY_LRU, &st);
+	if (rc)
+		return rc;
+	while (total > budget && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		uint64_t size = (uint64_t)sqlite3_column_int64(st, 1);
+
+		if (len == cap) {
+			cap = cap ? 2 * cap : 64;
+			v = xrealloc(v, cap * sizeof(*v));
+		}
+		v[len++] = sqlite3_column_int64(st, 0);
+		total = size < total ? total - size : 0;
+	}
+	if (rc != 0 && rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		rc = store_fail(s, ST_BODY_LRU, rc);
+		store_done(st);
+		free(v);
+		return rc;
+	}
+	store_done(st);
+	*out = v;
+	*n = len;
+	return 0;
+}
+
+int store_body_trim(struct store *s, uint64_t budget)
+{
+	uint64_t total = 0;
+	int64_t *victims = NULL;
+	size_t n = 0, i;
+	bool own;
+	int rc;
+
+	/* this connection's own reads count */
+	store_touch_flush(s, true);
+	rc = store_tx_own(s, &own);
+	if (rc)
+		return rc;
+	rc = body_total(s, &total);
+	if (rc || total <= budget)
+		goto out;
+	rc = body_victims(s, total, budget, &victims, &n);
+	for (i = 0; !rc && i < n; i++) {
+		store_body_unlink(s, victims[i]);
+		rc = store_exec_id(s, ST_BODY_DELETE, victims[i]);
+	}
+	if (!rc)
+		log_debug("evicted %zu bodies to fit %llu bytes", n,
+			  (unsigned long long)budget);
+	free(victims);
+out:
+	return store_tx_end(s, own, rc);
+}

@@ -1,1 +1,673 @@
-/* placeholder: being written */
+/*
+ * db.c - connections: opening (directory, modes, pragmas, corruption
+ * check), the statement table, error mapping and transactions.
+ */
+#include "store_i.h"
+
+#define LOG_CAT "store"
+#include "common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+struct stmt_def {
+	const char *name;
+	const char *sql;
+};
+
+#define MSG_COLUMNS                                                          \
+	"m.umid, m.folder, m.uid, m.conv, f.flags, m.date, m.zone, m.size, " \
+	"m.message_id, m.subject, m.sender, m.refs, m.in_reply_to "          \
+	"FROM messages m LEFT JOIN flagsets f ON f.id = m.flagset "
+
+#define FOLDER_COLUMNS                                                     \
+	"id, name, display, delim, role, noselect, uidvalidity, uidnext, " \
+	"low_uid, highestmodseq, last_refresh FROM folders "
+
+/* Every statement of the store; the column orders are relied on by the
+ * readers in folders.c, messages.c and bodies.c. */
+/* clang-format off */
+static const struct stmt_def stmt_defs[ST__COUNT] = {
+	[ST_BEGIN] = { "begin", "BEGIN IMMEDIATE" },
+	[ST_COMMIT] = { "commit", "COMMIT" },
+	[ST_ROLLBACK] = { "rollback", "ROLLBACK" },
+	[ST_FOLDER_PUT] = { "folder_put",
+		"INSERT INTO folders (name, display, delim, role, noselect) "
+		"VALUES (?1, ?2, ?3, ?4, ?5) "
+		"ON CONFLICT (name) DO UPDATE SET display = excluded.display, "
+		"delim = excluded.delim, role = excluded.role, "
+		"noselect = excluded.noselect RETURNING id" },
+	[ST_FOLDER_GET] = { "folder_get",
+		"SELECT " FOLDER_COLUMNS "WHERE id = ?1" },
+	[ST_FOLDER_LIST] = { "folder_list",
+		"SELECT " FOLDER_COLUMNS "ORDER BY name" },
+	[ST_FOLDER_DELETE] = { "folder_delete",
+		"DELETE FROM folders WHERE id = ?1" },
+	[ST_FOLDER_BODIES_DELETE] = { "folder_bodies_delete",
+		"DELETE FROM bodies WHERE umid IN "
+		"(SELECT umid FROM messages WHERE folder = ?1) RETURNING umid" },
+	[ST_FOLDER_SET_SYNC] = { "folder_set_sync",
+		"UPDATE folders SET uidvalidity = ?2, uidnext = ?3, "
+		"low_uid = ?4, highestmodseq = ?5, last_refresh = ?6 "
+		"WHERE id = ?1" },
+	[ST_FOLDER_COUNT] = { "folder_count",
+		"SELECT count(*) FROM messages WHERE folder = ?1" },
+	[ST_FLAGSET_ADD] = { "flagset_add",
+		"INSERT OR IGNORE INTO flagsets (flags, refs) VALUES (?1, 0)" },
+	/* the triggers of the schema keep flagsets.refs right on both paths */
+	[ST_MSG_PUT] = { "msg_put",
+		"INSERT INTO messages (folder, uid, conv, flagset, date, zone, "
+		"size, message_id, subject, sender, refs, in_reply_to) "
+		"VALUES (?1, ?2, ?3, (SELECT id FROM flagsets WHERE flags = ?4), "
+		"?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) "
+		"ON CONFLICT (folder, uid) DO UPDATE SET flagset = excluded.flagset "
+		"RETURNING umid" },
+	[ST_MSG_GET] = { "msg_get",
+		"SELECT " MSG_COLUMNS "WHERE m.umid = ?1" },
+	[ST_MSG_FIND_UID] = { "msg_find_uid",
+		"SELECT umid FROM messages WHERE folder = ?1 AND uid = ?2" },
+	[ST_MSG_DELETE] = { "msg_delete",
+		"DELETE FROM messages WHERE umid = ?1" },
+	[ST_MSG_LIST] = { "msg_list",
+		"SELECT " MSG_COLUMNS
+		"WHERE m.folder = ?1 AND m.umid > ?2 ORDER BY m.umid LIMIT ?3" },
+	[ST_MSG_UIDS] = { "msg_uids",
+		"SELECT uid FROM messages WHERE folder = ?1 "
+		"AND uid BETWEEN ?2 AND ?3 ORDER BY uid" },
+	[ST_BODY_PUT] = { "body_put",
+		"INSERT INTO bodies (umid, size, last_read) VALUES (?1, ?2, ?3) "
+		"ON CONFLICT (umid) DO UPDATE SET size = excluded.size, "
+		"last_read = excluded.last_read" },
+	/* max(): a late-written read must not make a body look older */
+	[ST_BODY_TOUCH] = { "body_touch",
+		"UPDATE bodies SET last_read = max(last_read, ?2) WHERE umid = ?1" },
+	[ST_BODY_DELETE] = { "body_delete",
+		"DELETE FROM bodies WHERE umid = ?1" },
+	[ST_BODY_TOTAL] = { "body_total",
+		"SELECT coalesce(sum(size), 0) FROM bodies" },
+	[ST_BODY_LRU] = { "body_lru",
+		"SELECT umid, size FROM bodies ORDER BY last_read, umid" },
+};
+/* clang-format on */
+
+/* connection settings; the busy timeout is set through the C API first */
+static const char *const conn_pragmas[] = {
+	"PRAGMA foreign_keys = ON",
+	"PRAGMA synchronous = FULL",
+};
+
+/*
+ * Directories this process has a connection to, so that only the first
+ * opener pays for quick_check and a file in use is never set aside under
+ * another thread's feet. Guarded by open_lock.
+ */
+struct open_dir {
+	char *path;
+	int refs;
+	struct open_dir *next;
+};
+
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct open_dir *open_dirs; /* guarded by open_lock */
+
+int store_errno(int rc)
+{
+	switch (rc & 0xff) {
+	case SQLITE_CONSTRAINT:
+		return -EEXIST;
+	case SQLITE_FULL:
+		return -ENOSPC;
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		return -EBUSY;
+	default:
+		return -EIO;
+	}
+}
+
+int store_prepare(struct store *s, enum store_stmt id, sqlite3_stmt **out)
+{
+	int rc;
+
+	if (!s->stmt[id]) {
+		rc = sqlite3_prepare_v3(s->db, stmt_defs[id].sql, -1,
+					SQLITE_PREPARE_PERSISTENT, &s->stmt[id],
+					NULL);
+		if (rc != SQLITE_OK) {
+			log_error("cannot prepare %s: %s", stmt_defs[id].name,
+				  sqlite3_errmsg(s->db));
+			s->stmt[id] = NULL;
+			return store_errno(rc);
+		}
+	}
+	*out = s->stmt[id];
+	return 0;
+}
+
+void store_done(sqlite3_stmt *st)
+{
+	if (!st)
+		return;
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+}
+
+int store_fail(struct store *s, enum store_stmt id, int rc)
+{
+	if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED)
+		log_warn("%s: database busy: %s", stmt_defs[id].name,
+			 sqlite3_errmsg(s->db));
+	else
+		log_error("%s failed: %s", stmt_defs[id].name,
+			  sqlite3_errmsg(s->db));
+	return store_errno(rc);
+}
+
+int store_exec(struct store *s, enum store_stmt id)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, id, &st);
+	if (rc)
+		return rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		;
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, id, rc);
+	store_done(st);
+	return rc;
+}
+
+int store_exec_id(struct store *s, enum store_stmt id, int64_t v)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, id, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, v);
+	rc = sqlite3_step(st);
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, id, rc);
+	store_done(st);
+	return rc;
+}
+
+void store_bind_text(sqlite3_stmt *st, int idx, const char *str)
+{
+	if (str)
+		sqlite3_bind_text(st, idx, str, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, idx);
+}
+
+char *store_column_strdup(sqlite3_stmt *st, int col)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+
+	return t ? xstrdup((const char *)t) : NULL;
+}
+
+int64_t store_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- transactions ---- */
+
+int store_begin(struct store *s)
+{
+	int rc, tries;
+
+	/*
+	 * busy_timeout already waited STORE_BUSY_MS for the other writer; a
+	 * long sync batch may take longer than that, so try a few times
+	 * before giving up on the write.
+	 */
+	for (tries = 0; tries < 3; tries++) {
+		rc = store_exec(s, ST_BEGIN);
+		if (rc != -EBUSY)
+			return rc;
+	}
+	return rc;
+}
+
+int store_commit(struct store *s)
+{
+	return store_exec(s, ST_COMMIT);
+}
+
+void store_rollback(struct store *s)
+{
+	/* SQLite may have rolled back already (after SQLITE_FULL, say) */
+	if (!sqlite3_get_autocommit(s->db))
+		store_exec(s, ST_ROLLBACK);
+}
+
+int store_tx_own(struct store *s, bool *own)
+{
+	*own = sqlite3_get_autocommit(s->db);
+	return *own ? store_begin(s) : 0;
+}
+
+int store_tx_end(struct store *s, bool own, int rc)
+{
+	if (!own)
+		return rc;
+	if (!rc) {
+		rc = store_commit(s);
+		if (!rc)
+			return 0;
+	}
+	store_rollback(s);
+	return rc;
+}
+
+/* ---- opening ---- */
+
+/* mkdir -p @path; each directory it creates gets 0700. */
+static int make_dirs(const char *path)
+{
+	char *p = xstrdup(path), *q;
+	int rc = 0;
+
+	for (q = p + 1;; q++) {
+		bool last = *q == '\0';
+
+		if (*q != '/' && !last)
+			continue;
+		*q = '\0';
+		if (mkdir(p, 0700) && errno != EEXIST) {
+			rc = -errno;
+			log_error("cannot create directory %s: %s", p,
+				  strerror(errno));
+			break;
+		}
+		if (last)
+			break;
+		*q = '/';
+	}
+	free(p);
+	return rc;
+}
+
+/* mkdir @path 0700 if missing, and make it 0700 whatever umask was */
+static int private_dir(const char *path)
+{
+	struct stat st;
+	int rc;
+
+	if (mkdir(path, 0700) && errno != EEXIST)
+		goto fail;
+	if (chmod(path, 0700))
+		goto fail;
+	if (stat(path, &st))
+		goto fail;
+	if (!S_ISDIR(st.st_mode)) {
+		log_error("cannot use %s: not a directory", path);
+		return -ENOTDIR;
+	}
+	return 0;
+fail:
+	rc = -errno;
+	log_error("cannot create directory %s: %s", path, strerror(-rc));
+	return rc;
+}
+
+/*
+ * SQLite creates files with 0644 less the umask; create the database
+ * ourselves so it is 0600 from the first byte, and fix the mode of a
+ * file left by an older run. SQLite gives -wal and -shm the mode of the
+ * database when it creates them.
+ *
+ * Existing files are changed by path only: closing any descriptor of a
+ * file drops every POSIX lock this process holds on it, including those
+ * of another thread's SQLite connection.
+ */
+static int private_file(const char *path, bool create)
+{
+	int fd, rc;
+
+	if (create) {
+		fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			/* new and ours alone: no connection holds locks */
+			if (fchmod(fd, 0600))
+				log_warn("cannot chmod %s: %s", path,
+					 strerror(errno));
+			close(fd);
+			return 0;
+		}
+		if (errno != EEXIST)
+			goto fail;
+	}
+	if (chmod(path, 0600) && (create || errno != ENOENT))
+		goto fail;
+	return 0;
+fail:
+	rc = -errno;
+	log_error("cannot create %s with mode 0600: %s", path, strerror(-rc));
+	return rc;
+}
+
+static bool is_busy(int rc)
+{
+	return (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED;
+}
+
+/*
+ * SQLite skips the busy handler where waiting could deadlock: two
+ * connections that both read the header and then both want to switch
+ * it to WAL. One of them gets SQLITE_BUSY at once; it backs off and
+ * tries again, for about as long as busy_timeout would have waited.
+ */
+static int setup_retry(sqlite3 *db, int (*fn)(sqlite3 *, const void *),
+		       const void *arg)
+{
+	int rc, waited_ms = 0;
+
+	while (is_busy(rc = fn(db, arg)) && waited_ms < STORE_BUSY_MS) {
+		int ms = 5 + (int)(((unsigned)getpid() * 7 + waited_ms) % 11);
+
+		usleep((useconds_t)ms * 1000);
+		waited_ms += ms;
+	}
+	return rc;
+}
+
+static int exec_pragma(sqlite3 *db, const void *sql)
+{
+	return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+static bool is_corrupt(int rc)
+{
+	return (rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB;
+}
+
+static int wal_mode_row(void *aux, int ncol, char **val, char **names)
+{
+	bool *wal = aux;
+
+	*wal = ncol > 0 && val[0] && !strcmp(val[0], "wal");
+	return 0;
+}
+
+static int wal_mode(sqlite3 *db, const void *wal)
+{
+	return sqlite3_exec(db, "PRAGMA journal_mode = WAL", wal_mode_row,
+			    (void *)wal, NULL);
+}
+
+/* the first line of a quick_check report that names a problem; one row
+ * can hold many lines, the first of them a header */
+static size_t first_line(const char **t)
+{
+	const char *p = *t ? *t : "?";
+
+	if (!strncmp(p, "*** ", 4) && strchr(p, '\n'))
+		p = strchr(p, '\n') + 1;
+	*t = p;
+	return strcspn(p, "\n");
+}
+
+/* PRAGMA quick_check; returns an SQLite code, SQLITE_CORRUPT if it
+ * reported problems */
+static int quick_check(sqlite3 *db, const void *arg)
+{
+	const char *path = arg;
+	sqlite3_stmt *st;
+	int rc, nrow = 0;
+	bool ok = false;
+
+	rc = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *t = (const char *)sqlite3_column_text(st, 0);
+
+		if (nrow == 0 && t && !strcmp(t, "ok"))
+			ok = true;
+		else if (nrow == 0) {
+			int len = (int)first_line(&t);
+
+			log_warn("quick_check of %s failed: %.*s", path, len,
+				 t);
+		}
+		nrow++;
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return rc;
+	return ok && nrow == 1 ? SQLITE_OK : SQLITE_CORRUPT;
+}
+
+/*
+ * Open @path into @s->db and configure it; with @check, run quick_check
+ * first. Returns 0 or -errno; *@corrupt says the file is damaged (the
+ * connection is closed then).
+ */
+static int db_open(struct store *s, const char *path, bool check, bool *corrupt)
+{
+	char *side;
+	int rc, src;
+	bool wal = false;
+	size_t i;
+
+	*corrupt = false;
+	rc = private_file(path, true);
+	if (rc)
+		return rc;
+	src = sqlite3_open_v2(path, &s->db,
+			      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+				      SQLITE_OPEN_NOMUTEX,
+			      NULL);
+	if (src != SQLITE_OK) {
+		log_error("cannot open database %s: %s", path,
+			  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(src));
+		goto fail;
+	}
+	sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
+
+	/* the first statement reads the header: NOTADB shows here */
+	src = setup_retry(s->db, wal_mode, &wal);
+	if (src != SQLITE_OK)
+		goto fail_sql;
+	if (!wal)
+		log_warn("database %s is not in WAL mode; readers will wait "
+			 "for writers",
+			 path);
+	for (i = 0; i < sizeof(conn_pragmas) / sizeof(conn_pragmas[0]); i++) {
+		src = setup_retry(s->db, exec_pragma, conn_pragmas[i]);
+		if (src != SQLITE_OK)
+			goto fail_sql;
+	}
+	if (check) {
+		src = setup_retry(s->db, quick_check, path);
+		if (src != SQLITE_OK)
+			goto fail_sql;
+	}
+	rc = store_schema_migrate(s->db, &src);
+	if (rc) {
+		if (is_corrupt(src))
+			goto fail_sql;
+		goto fail_close;
+	}
+
+	/* an older run may have left them with other modes */
+	side = xasprintf("%s-wal", path);
+	private_file(side, false);
+	free(side);
+	side = xasprintf("%s-shm", path);
+	private_file(side, false);
+	free(side);
+	return 0;
+
+fail_sql:
+	if (is_corrupt(src)) {
+		*corrupt = true;
+		rc = -EIO;
+		goto fail_close;
+	}
+	log_error("cannot set up database %s: %s", path, sqlite3_errmsg(s->db));
+fail:
+	rc = store_errno(src);
+fail_close:
+	sqlite3_close(s->db);
+	s->db = NULL;
+	return rc;
+}
+
+/* move a damaged database (and its -wal/-shm) out of the way */
+static int set_aside(const char *path)
+{
+	char *to, *side;
+	int rc = 0;
+
+	to = xasprintf("%s.corrupt-%lld", path, (long long)time(NULL));
+	if (rename(path, to)) {
+		rc = -errno;
+		log_error("cannot move corrupt database %s aside: %s", path,
+			  strerror(errno));
+		goto out;
+	}
+	log_warn("database %s is corrupt: moved to %s, starting a new one "
+		 "(the server's mail will be fetched again)",
+		 path, to);
+	side = xasprintf("%s-wal", path);
+	unlink(side);
+	free(side);
+	side = xasprintf("%s-shm", path);
+	unlink(side);
+	free(side);
+out:
+	free(to);
+	return rc;
+}
+
+static struct open_dir *open_dir_find(const char *path)
+{
+	struct open_dir *d;
+
+	for (d = open_dirs; d; d = d->next)
+		if (!strcmp(d->path, path))
+			return d;
+	return NULL;
+}
+
+int store_open(const char *dir, struct store **out)
+{
+	struct store *s;
+	struct open_dir *od;
+	char *dbpath, *real;
+	bool corrupt;
+	int rc;
+
+	*out = NULL;
+	if (!dir || !*dir)
+		return -EINVAL;
+	rc = make_dirs(dir);
+	if (rc)
+		return rc;
+	rc = private_dir(dir);
+	if (rc)
+		return rc;
+	real = realpath(dir, NULL);
+	if (!real) {
+		rc = -errno;
+		log_error("cannot resolve %s: %s", dir, strerror(errno));
+		return rc;
+	}
+	/* room for bodies/xx/<umid> and the temporary names beside it */
+	if (strlen(real) > PATH_MAX - 128) {
+		log_error("cannot use %s: path too long", real);
+		free(real);
+		return -ENAMETOOLONG;
+	}
+
+	s = xcalloc(1, sizeof(*s));
+	s->dir = real;
+	s->bodydir = xasprintf("%s/bodies", real);
+	rc = private_dir(s->bodydir);
+	if (rc)
+		goto out_free;
+	dbpath = xasprintf("%s/cache.db", real);
+
+	pthread_mutex_lock(&open_lock);
+	od = open_dir_find(real);
+	rc = db_open(s, dbpath, !od, &corrupt);
+	if (rc && corrupt) {
+		if (od) {
+			log_error("database %s is corrupt but in use", dbpath);
+		} else if (!(rc = set_aside(dbpath))) {
+			rc = db_open(s, dbpath, true, &corrupt);
+			if (rc && corrupt)
+				log_error("new database %s is corrupt too",
+					  dbpath);
+		}
+	}
+	if (!rc) {
+		if (!od) {
+			od = xcalloc(1, sizeof(*od));
+			od->path = xstrdup(real);
+			od->next = open_dirs;
+			open_dirs = od;
+		}
+		od->refs++;
+	}
+	pthread_mutex_unlock(&open_lock);
+	free(dbpath);
+	if (rc)
+		goto out_free;
+	*out = s;
+	return 0;
+
+out_free:
+	free(s->bodydir);
+	free(s->dir);
+	free(s);
+	return rc;
+}
+
+void store_close(struct store *s)
+{
+	struct open_dir **pp, *d;
+	int i;
+
+	if (!s)
+		return;
+	store_touch_flush(s, true);
+	store_rollback(s);
+	for (i = 0; i < ST__COUNT; i++)
+		sqlite3_finalize(s->stmt[i]);
+	if (sqlite3_close(s->db) != SQLITE_OK)
+		log_error("cannot close database in %s: %s", s->dir,
+			  sqlite3_errmsg(s->db));
+
+	pthread_mutex_lock(&open_lock);
+	for (pp = &open_dirs; (d = *pp); pp = &d->next) {
+		if (strcmp(d->path, s->dir))
+			continue;
+		if (--d->refs == 0) {
+			*pp = d->next;
+			free(d->path);
+			free(d);
+		}
+		break;
+	}
+	pthread_mutex_unlock(&open_lock);
+
+	free(s->bodydir);
+	free(s->dir);
+	free(s);
+}

@@ -1,1 +1,224 @@
-/* placeholder: being written */
+/*
+ * folders.c - the folders table: names, roles and each folder's sync
+ * bookmark.
+ */
+#include "store_i.h"
+
+#define LOG_CAT "store"
+#include "common.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* columns as FOLDER_COLUMNS in db.c */
+static void folder_from_row(sqlite3_stmt *st, struct store_folder *f)
+{
+	const unsigned char *delim;
+
+	memset(f, 0, sizeof(*f));
+	f->id = sqlite3_column_int64(st, 0);
+	f->name = store_column_strdup(st, 1);
+	f->display = store_column_strdup(st, 2);
+	if (!f->display)
+		f->display = xstrdup(f->name);
+	delim = sqlite3_column_text(st, 3);
+	f->delim = delim ? (char)delim[0] : 0;
+	f->role = store_column_strdup(st, 4);
+	f->noselect = sqlite3_column_int(st, 5) != 0;
+	f->uidvalidity = (uint32_t)sqlite3_column_int64(st, 6);
+	f->uidnext = (uint32_t)sqlite3_column_int64(st, 7);
+	f->low_uid = (uint32_t)sqlite3_column_int64(st, 8);
+	f->highestmodseq = (uint64_t)sqlite3_column_int64(st, 9);
+	f->last_refresh = sqlite3_column_int64(st, 10);
+}
+
+int store_folder_put(struct store *s, const struct store_folder *f, int64_t *id)
+{
+	sqlite3_stmt *st;
+	char delim[2] = { f->delim, 0 };
+	int rc;
+
+	if (!f->name)
+		return -EINVAL;
+	rc = store_prepare(s, ST_FOLDER_PUT, &st);
+	if (rc)
+		return rc;
+	store_bind_text(st, 1, f->name);
+	store_bind_text(st, 2, f->display);
+	store_bind_text(st, 3, f->delim ? delim : NULL);
+	store_bind_text(st, 4, f->role);
+	sqlite3_bind_int(st, 5, f->noselect);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*id = sqlite3_column_int64(st, 0);
+		rc = 0;
+	} else {
+		rc = store_fail(s, ST_FOLDER_PUT, rc);
+	}
+	store_done(st);
+	return rc;
+}
+
+int store_folder_get(struct store *s, int64_t id, struct store_folder *out)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, ST_FOLDER_GET, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		folder_from_row(st, out);
+		rc = 0;
+	} else if (rc == SQLITE_DONE) {
+		rc = -ENOENT;
+	} else {
+		rc = store_fail(s, ST_FOLDER_GET, rc);
+	}
+	store_done(st);
+	return rc;
+}
+
+void store_folder_release(struct store_folder *f)
+{
+	if (!f)
+		return;
+	free(f->name);
+	free(f->display);
+	free(f->role);
+	f->name = f->display = f->role = NULL;
+}
+
+int store_folder_list(struct store *s, struct store_folder **out, size_t *n)
+{
+	struct store_folder *v = NULL;
+	size_t len = 0, cap = 0;
+	sqlite3_stmt *st;
+	int rc;
+
+	*out = NULL;
+	*n = 0;
+	rc = store_prepare(s, ST_FOLDER_LIST, &st);
+	if (rc)
+		return rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (len == cap) {
+			cap = cap ? 2 * cap : 16;
+			v = xrealloc(v, cap * sizeof(*v));
+		}
+		folder_from_row(st, &v[len++]);
+	}
+	if (rc != SQLITE_DONE) {
+		rc = store_fail(s, ST_FOLDER_LIST, rc);
+		store_done(st);
+		store_folder_list_free(v, len);
+		return rc;
+	}
+	store_done(st);
+	*out = v;
+	*n = len;
+	return 0;
+}
+
+void store_folder_list_free(struct store_folder *f, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		store_folder_release(&f[i]);
+	free(f);
+}
+
+/* drop the cached bodies of @id's messages, file and row */
+static int folder_bodies_delete(struct store *s, int64_t id)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, ST_FOLDER_BODIES_DELETE, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, id);
+	/* a file removed in a transaction that rolls back leaves a row
+	 * without a file, which readers and trim treat as not cached */
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		store_body_unlink(s, sqlite3_column_int64(st, 0));
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_FOLDER_BODIES_DELETE, rc);
+	store_done(st);
+	return rc;
+}
+
+int store_folder_delete(struct store *s, int64_t id)
+{
+	sqlite3_stmt *st;
+	bool own;
+	int rc;
+
+	rc = store_tx_own(s, &own);
+	if (rc)
+		return rc;
+	rc = folder_bodies_delete(s, id);
+	if (rc)
+		goto out;
+	rc = store_prepare(s, ST_FOLDER_DELETE, &st);
+	if (rc)
+		goto out;
+	/* messages go by ON DELETE CASCADE, their flagset refs by trigger */
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_FOLDER_DELETE, rc);
+	store_done(st);
+out:
+	return store_tx_end(s, own, rc);
+}
+
+int store_folder_set_sync(struct store *s, int64_t id, uint32_t uidvalidity,
+			  uint32_t uidnext, uint32_t low_uid,
+			  uint64_t highestmodseq)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, ST_FOLDER_SET_SYNC, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_int64(st, 2, uidvalidity);
+	sqlite3_bind_int64(st, 3, uidnext);
+	sqlite3_bind_int64(st, 4, low_uid);
+	/* RFC 7162 §7: mod-sequences fit in 63 bits */
+	sqlite3_bind_int64(st, 5, (int64_t)highestmodseq);
+	/* a bookmark is written when a refresh step completed */
+	sqlite3_bind_int64(st, 6, (int64_t)time(NULL));
+	rc = sqlite3_step(st);
+	if (rc != SQLITE_DONE)
+		rc = store_fail(s, ST_FOLDER_SET_SYNC, rc);
+	else
+		rc = sqlite3_changes(s->db) ? 0 : -ENOENT;
+	store_done(st);
+	return rc;
+}
+
+int store_folder_count(struct store *s, int64_t id, uint64_t *n)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, ST_FOLDER_COUNT, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*n = (uint64_t)sqlite3_column_int64(st, 0);
+		rc = 0;
+	} else {
+		rc = store_fail(s, ST_FOLDER_COUNT, rc);
+	}
+	store_done(st);
+	return rc;
+}

@@ -1,1 +1,307 @@
-/* placeholder: being written */
+/*
+ * messages.c - the messages table (the umid location map) and the flag
+ * sets the messages point at.
+ */
+#include "store_i.h"
+
+#define LOG_CAT "store"
+#include "common.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* columns as MSG_COLUMNS in db.c */
+static void msg_from_row(sqlite3_stmt *st, struct store_msg *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->umid = sqlite3_column_int64(st, 0);
+	m->folder = sqlite3_column_int64(st, 1);
+	m->uid = (uint32_t)sqlite3_column_int64(st, 2);
+	m->conv = sqlite3_column_int64(st, 3);
+	m->flags = store_column_strdup(st, 4);
+	if (!m->flags)
+		m->flags = xstrdup("");
+	m->date = sqlite3_column_int64(st, 5);
+	m->zone = sqlite3_column_int(st, 6);
+	m->size = (uint64_t)sqlite3_column_int64(st, 7);
+	m->message_id = store_column_strdup(st, 8);
+	m->subject = store_column_strdup(st, 9);
+	m->from = store_column_strdup(st, 10);
+	m->references = store_column_strdup(st, 11);
+	m->in_reply_to = store_column_strdup(st, 12);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* whether @flags is already sorted, without duplicates or stray spaces */
+static bool flags_are_canonical(const char *flags)
+{
+	const char *prev = NULL, *p = flags;
+	size_t prevlen = 0;
+
+	if (!*p)
+		return true;
+	for (;;) {
+		const char *end = strchrnul(p, ' ');
+		size_t len = (size_t)(end - p);
+
+		if (!len)
+			return false;
+		if (prev) {
+			int c = strncmp(prev, p, len < prevlen ? len : prevlen);
+
+			if (c > 0 || (c == 0 && prevlen >= len))
+				return false;
+		}
+		if (!*end)
+			return true;
+		prev = p;
+		prevlen = len;
+		p = end + 1;
+	}
+}
+
+/*
+ * One flag set must be one row, whoever spelled it: sort and dedupe the
+ * words. Returns @flags itself when it already is canonical, else a new
+ * string the caller frees.
+ */
+static char *flags_canonical(const char *flags)
+{
+	char *copy, *tok, *save, **words, *out, *o;
+	size_t n = 0, i;
+
+	if (flags_are_canonical(flags))
+		return (char *)flags;
+	copy = xstrdup(flags);
+	words = xcalloc(strlen(flags) / 2 + 1, sizeof(*words));
+	for (tok = strtok_r(copy, " ", &save); tok;
+	     tok = strtok_r(NULL, " ", &save))
+		words[n++] = tok;
+	qsort(words, n, sizeof(*words), cmp_str);
+	out = o = xmalloc(strlen(flags) + 1);
+	*o = '\0';
+	for (i = 0; i < n; i++) {
+		if (i && !strcmp(words[i], words[i - 1]))
+			continue;
+		if (o != out)
+			*o++ = ' ';
+		o = stpcpy(o, words[i]);
+	}
+	free(words);
+	free(copy);
+	return out;
+}
+
+static int flagset_add(struct store *s, const char *flags)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, ST_FLAGSET_ADD, &st);
+	if (rc)
+		return rc;
+	store_bind_text(st, 1, flags);
+	rc = sqlite3_step(st);
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_FLAGSET_ADD, rc);
+	store_done(st);
+	return rc;
+}
+
+int store_msg_put(struct store *s, struct store_msg *m)
+{
+	const char *given = m->flags ? m->flags : "";
+	char *flags = flags_canonical(given);
+	sqlite3_stmt *st;
+	bool own;
+	int rc;
+
+	/*
+	 * Alone, the two statements need a transaction: between them
+	 * another connection could drop the flag set as its refs reach 0.
+	 */
+	rc = store_tx_own(s, &own);
+	if (rc)
+		goto out_free;
+	rc = flagset_add(s, flags);
+	if (rc)
+		goto out_tx;
+	rc = store_prepare(s, ST_MSG_PUT, &st);
+	if (rc)
+		goto out_tx;
+	sqlite3_bind_int64(st, 1, m->folder);
+	sqlite3_bind_int64(st, 2, m->uid);
+	if (m->conv)
+		sqlite3_bind_int64(st, 3, m->conv);
+	else
+		sqlite3_bind_null(st, 3);
+	store_bind_text(st, 4, flags);
+	sqlite3_bind_int64(st, 5, m->date);
+	sqlite3_bind_int(st, 6, m->zone);
+	sqlite3_bind_int64(st, 7, (int64_t)m->size);
+	store_bind_text(st, 8, m->message_id);
+	store_bind_text(st, 9, m->subject);
+	store_bind_text(st, 10, m->from);
+	store_bind_text(st, 11, m->references);
+	store_bind_text(st, 12, m->in_reply_to);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		m->umid = sqlite3_column_int64(st, 0);
+		rc = 0;
+	} else {
+		rc = store_fail(s, ST_MSG_PUT, rc);
+	}
+	store_done(st);
+out_tx:
+	rc = store_tx_end(s, own, rc);
+out_free:
+	if (flags != given)
+		free(flags);
+	return rc;
+}
+
+int store_msg_get(struct store *s, int64_t umid, struct store_msg *out)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, ST_MSG_GET, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, umid);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		msg_from_row(st, out);
+		rc = 0;
+	} else if (rc == SQLITE_DONE) {
+		rc = -ENOENT;
+	} else {
+		rc = store_fail(s, ST_MSG_GET, rc);
+	}
+	store_done(st);
+	return rc;
+}
+
+void store_msg_release(struct store_msg *m)
+{
+	if (!m)
+		return;
+	free(m->flags);
+	free(m->message_id);
+	free(m->subject);
+	free(m->from);
+	free(m->references);
+	free(m->in_reply_to);
+	m->flags = m->message_id = m->subject = m->from = NULL;
+	m->references = m->in_reply_to = NULL;
+}
+
+int store_msg_find_uid(struct store *s, int64_t folder, uint32_t uid,
+		       int64_t *umid)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, ST_MSG_FIND_UID, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, folder);
+	sqlite3_bind_int64(st, 2, uid);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*umid = sqlite3_column_int64(st, 0);
+		rc = 0;
+	} else if (rc == SQLITE_DONE) {
+		rc = -ENOENT;
+	} else {
+		rc = store_fail(s, ST_MSG_FIND_UID, rc);
+	}
+	store_done(st);
+	return rc;
+}
+
+int store_msg_delete(struct store *s, int64_t umid)
+{
+	bool own;
+	int rc;
+
+	rc = store_tx_own(s, &own);
+	if (rc)
+		return rc;
+	/* file first: a rollback then leaves a row without a file, which
+	 * counts as not cached, never a file nobody accounts for */
+	store_body_unlink(s, umid);
+	rc = store_exec_id(s, ST_BODY_DELETE, umid);
+	if (!rc)
+		rc = store_exec_id(s, ST_MSG_DELETE, umid);
+	return store_tx_end(s, own, rc);
+}
+
+int store_msg_list(struct store *s, int64_t folder, int64_t after, size_t max,
+		   struct store_msg *out, size_t *n)
+{
+	sqlite3_stmt *st;
+	size_t len = 0;
+	int rc;
+
+	*n = 0;
+	if (!max)
+		return 0;
+	rc = store_prepare(s, ST_MSG_LIST, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, folder);
+	sqlite3_bind_int64(st, 2, after);
+	sqlite3_bind_int64(st, 3, max > INT64_MAX ? INT64_MAX : (int64_t)max);
+	while (len < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
+		msg_from_row(st, &out[len++]);
+	if (len < max && rc != SQLITE_DONE) {
+		rc = store_fail(s, ST_MSG_LIST, rc);
+		store_done(st);
+		while (len)
+			store_msg_release(&out[--len]);
+		return rc;
+	}
+	store_done(st);
+	*n = len;
+	return 0;
+}
+
+int store_msg_uids(struct store *s, int64_t folder, uint32_t lo, uint32_t hi,
+		   uint32_t **uids, size_t *n)
+{
+	uint32_t *v = NULL;
+	size_t len = 0, cap = 0;
+	sqlite3_stmt *st;
+	int rc;
+
+	*uids = NULL;
+	*n = 0;
+	rc = store_prepare(s, ST_MSG_UIDS, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, folder);
+	sqlite3_bind_int64(st, 2, lo);
+	sqlite3_bind_int64(st, 3, hi);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (len == cap) {
+			cap = cap ? 2 * cap : 256;
+			v = xrealloc(v, cap * sizeof(*v));
+		}
+		v[len++] = (uint32_t)sqlite3_column_int64(st, 0);
+	}
+	if (rc != SQLITE_DONE) {
+		rc = store_fail(s, ST_MSG_UIDS, rc);
+		store_done(st);
+		free(v);
+		return rc;
+	}
+	store_done(st);
+	*uids = v;
+	*n = len;
+	return 0;
+}

@@ -1,1 +1,211 @@
-/* placeholder: being written */
+/*
+ * schema.c - the schema as an ordered list of migrations. Migration i
+ * takes a database from PRAGMA user_version i to i + 1; a released
+ * migration is never edited, only followed by a new one.
+ */
+#include "store_i.h"
+
+#define LOG_CAT "store"
+#include "common.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* migration 1 seeds sqlite_sequence with STORE_FIRST_UMID - 1 literally */
+_Static_assert(STORE_FIRST_UMID == 1024, "update the umid seed below");
+
+/* clang-format off */
+static const char *const migrations[] = {
+	/* 1: the tables of DESIGN §3 */
+	"CREATE TABLE folders ("
+	"  id INTEGER PRIMARY KEY,"
+	"  name TEXT UNIQUE NOT NULL," /* server name, modified UTF-7 */
+	"  display TEXT," /* UTF-8, server delimiter kept */
+	"  delim TEXT," /* one character, NULL for none */
+	"  role TEXT," /* SPECIAL-USE role without '\' */
+	"  noselect INTEGER NOT NULL DEFAULT 0,"
+	"  uidvalidity INTEGER NOT NULL DEFAULT 0,"
+	"  uidnext INTEGER NOT NULL DEFAULT 0,"
+	"  low_uid INTEGER NOT NULL DEFAULT 0,"
+	"  highestmodseq INTEGER NOT NULL DEFAULT 0,"
+	"  complete_since INTEGER," /* Unix time the folder is complete from */
+	"  last_refresh INTEGER NOT NULL DEFAULT 0"
+	");"
+	"CREATE TABLE flagsets ("
+	"  id INTEGER PRIMARY KEY,"
+	"  flags TEXT UNIQUE NOT NULL," /* sorted, space-separated */
+	"  refs INTEGER NOT NULL DEFAULT 0" /* messages pointing here */
+	");"
+	"CREATE TABLE conversations ("
+	"  id INTEGER PRIMARY KEY,"
+	"  subject TEXT,"
+	"  first_date INTEGER,"
+	"  last_date INTEGER,"
+	"  count INTEGER NOT NULL DEFAULT 0"
+	");"
+	/* AUTOINCREMENT: a umid is an inode number and is never reused */
+	"CREATE TABLE messages ("
+	"  umid INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  folder INTEGER NOT NULL REFERENCES folders (id) ON DELETE CASCADE,"
+	"  uid INTEGER NOT NULL,"
+	"  conv INTEGER REFERENCES conversations (id),"
+	"  flagset INTEGER NOT NULL REFERENCES flagsets (id),"
+	"  date INTEGER NOT NULL DEFAULT 0," /* INTERNALDATE, Unix time */
+	"  zone INTEGER NOT NULL DEFAULT 0," /* minutes east of UTC */
+	"  size INTEGER NOT NULL DEFAULT 0," /* RFC822.SIZE */
+	"  message_id TEXT,"
+	"  subject TEXT,"
+	"  sender TEXT,"
+	"  refs TEXT," /* raw References */
+	"  in_reply_to TEXT,"
+	"  UNIQUE (folder, uid)"
+	");"
+	"CREATE INDEX messages_folder ON messages (folder, umid);"
+	"CREATE INDEX messages_message_id ON messages (message_id);"
+	"CREATE INDEX messages_conv ON messages (conv);"
+	/* without it every flagset delete would scan messages for the FK */
+	"CREATE INDEX messages_flagset ON messages (flagset);"
+	"INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', 1023);"
+	"CREATE TRIGGER messages_flagset_insert AFTER INSERT ON messages "
+	"BEGIN"
+	"  UPDATE flagsets SET refs = refs + 1 WHERE id = new.flagset;"
+	"END;"
+	"CREATE TRIGGER messages_flagset_delete AFTER DELETE ON messages "
+	"BEGIN"
+	"  UPDATE flagsets SET refs = refs - 1 WHERE id = old.flagset;"
+	"  DELETE FROM flagsets WHERE id = old.flagset AND refs <= 0;"
+	"END;"
+	"CREATE TRIGGER messages_flagset_update AFTER UPDATE OF flagset "
+	"ON messages WHEN old.flagset IS NOT new.flagset "
+	"BEGIN"
+	"  UPDATE flagsets SET refs = refs + 1 WHERE id = new.flagset;"
+	"  UPDATE flagsets SET refs = refs - 1 WHERE id = old.flagset;"
+	"  DELETE FROM flagsets WHERE id = old.flagset AND refs <= 0;"
+	"END;"
+	/* Message-ID, References and In-Reply-To ids -> conversation, also
+	 * for ids only referenced so far */
+	"CREATE TABLE header_ids ("
+	"  header_id TEXT PRIMARY KEY,"
+	"  conv INTEGER NOT NULL"
+	") WITHOUT ROWID;"
+	"CREATE INDEX header_ids_conv ON header_ids (conv);"
+	/* the operation log; created is Unix time */
+	"CREATE TABLE ops ("
+	"  id INTEGER PRIMARY KEY,"
+	"  kind TEXT NOT NULL,"
+	"  umid INTEGER,"
+	"  folder INTEGER,"
+	"  arg TEXT,"
+	"  state TEXT NOT NULL DEFAULT 'pending',"
+	"  attempts INTEGER DEFAULT 0,"
+	"  last_error TEXT,"
+	"  created INTEGER"
+	");"
+	/* moving a message twice offline leaves one op, with the final target */
+	"CREATE UNIQUE INDEX ops_one_move ON ops (umid) "
+	"WHERE kind = 'move' AND state = 'pending';"
+	"CREATE INDEX ops_state ON ops (state, id);"
+	/* the body cache's index for eviction; last_read is Unix time in ms.
+	 * No foreign key: a body file may outlive its message for a moment */
+	"CREATE TABLE bodies ("
+	"  umid INTEGER PRIMARY KEY,"
+	"  size INTEGER NOT NULL,"
+	"  last_read INTEGER NOT NULL"
+	");"
+	"CREATE INDEX bodies_last_read ON bodies (last_read);",
+};
+/* clang-format on */
+
+#define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+int store_schema_version(void)
+{
+	return NMIGRATIONS;
+}
+
+static int user_version(sqlite3 *db, int *version)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*version = sqlite3_column_int(st, 0);
+		rc = SQLITE_OK;
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* apply migration @from (to version @from + 1) unless another connection
+ * did already; returns an SQLite code */
+static int migrate_one(sqlite3 *db, int from, int *now)
+{
+	char sql[64];
+	int rc, v;
+
+	rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		log_error("cannot begin migration to version %d: %s", from + 1,
+			  sqlite3_errmsg(db));
+		return rc;
+	}
+	/* re-read under the write lock: another thread may have won */
+	rc = user_version(db, &v);
+	if (rc != SQLITE_OK)
+		goto out_rollback;
+	if (v == from) {
+		rc = sqlite3_exec(db, migrations[from], NULL, NULL, NULL);
+		if (rc != SQLITE_OK)
+			goto out_rollback;
+		/* PRAGMA takes no parameters; the number is ours */
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d",
+			 from + 1);
+		rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+		if (rc != SQLITE_OK)
+			goto out_rollback;
+		v = from + 1;
+	}
+	rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		goto out_rollback;
+	*now = v;
+	return SQLITE_OK;
+
+out_rollback:
+	log_error("cannot migrate database to version %d: %s", from + 1,
+		  sqlite3_errmsg(db));
+	sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	return rc;
+}
+
+int store_schema_migrate(sqlite3 *db, int *sqlite_rc)
+{
+	int rc, v;
+
+	*sqlite_rc = user_version(db, &v);
+	if (*sqlite_rc != SQLITE_OK) {
+		log_error("cannot read schema version: %s", sqlite3_errmsg(db));
+		return store_errno(*sqlite_rc);
+	}
+	while (v < NMIGRATIONS) {
+		if (v < 0)
+			break;
+		rc = migrate_one(db, v, &v);
+		if (rc != SQLITE_OK) {
+			*sqlite_rc = rc;
+			return store_errno(rc);
+		}
+	}
+	if (v != NMIGRATIONS) {
+		log_error("database schema version %d is not one this program "
+			  "knows (1 to %d)",
+			  v, NMIGRATIONS);
+		return -EPROTO;
+	}
+	return 0;
+}

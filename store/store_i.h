@@ -1,0 +1,155 @@
+/*
+ * store_i.h - private to store/: the connection struct, the statement
+ * table and the helpers the store/ sources share. Nothing outside
+ * store/ includes this.
+ */
+#ifndef CONVOY_STORE_I_H
+#define CONVOY_STORE_I_H
+
+#include "store.h"
+
+#include <limits.h>
+#include <sqlite3.h>
+
+/* Ids of the prepared statements; their SQL text is stmt_defs[] in db.c. */
+enum store_stmt {
+	ST_BEGIN,
+	ST_COMMIT,
+	ST_ROLLBACK,
+	ST_FOLDER_PUT,
+	ST_FOLDER_GET,
+	ST_FOLDER_LIST,
+	ST_FOLDER_DELETE,
+	ST_FOLDER_BODIES_DELETE,
+	ST_FOLDER_SET_SYNC,
+	ST_FOLDER_COUNT,
+	ST_FLAGSET_ADD,
+	ST_MSG_PUT,
+	ST_MSG_GET,
+	ST_MSG_FIND_UID,
+	ST_MSG_DELETE,
+	ST_MSG_LIST,
+	ST_MSG_UIDS,
+	ST_BODY_PUT,
+	ST_BODY_TOUCH,
+	ST_BODY_DELETE,
+	ST_BODY_TOTAL,
+	ST_BODY_LRU,
+	ST__COUNT
+};
+
+/* how many last_read updates a connection keeps before writing them */
+#define STORE_TOUCH_MAX 64
+
+struct store_touch {
+	int64_t umid;
+	int64_t when_ms; /* Unix time in ms of the read */
+};
+
+struct store {
+	sqlite3 *db;
+	char *dir; /* owned: canonical path of the store directory */
+	char *bodydir; /* owned: <dir>/bodies */
+	sqlite3_stmt *stmt[ST__COUNT]; /* prepared on first use */
+	/* reads not yet recorded in bodies.last_read (see bodies.c) */
+	struct store_touch touch[STORE_TOUCH_MAX];
+	size_t ntouch;
+	long long touch_first_ms; /* monotonic time of touch[0] */
+};
+
+/* busy_timeout of every connection, in ms */
+#define STORE_BUSY_MS 5000
+
+/*
+ * store_errno - map an SQLite result code (primary or extended) to
+ * -errno: CONSTRAINT -> -EEXIST, FULL -> -ENOSPC, BUSY/LOCKED -> -EBUSY,
+ * anything else -> -EIO. Logs nothing.
+ */
+int store_errno(int rc);
+
+/*
+ * store_prepare - statement @id of @s, prepared on first use, ready to
+ * bind. Returns 0 and *@out, or -errno (logged with the statement's name).
+ * Hand it back with store_done() after the last step.
+ */
+int store_prepare(struct store *s, enum store_stmt id, sqlite3_stmt **out);
+
+/* store_done - sqlite3_reset + sqlite3_clear_bindings; NULL is fine. */
+void store_done(sqlite3_stmt *st);
+
+/*
+ * store_fail - log that statement @id failed with result @rc (with
+ * sqlite3_errmsg, so call it before store_done) and return store_errno(rc).
+ */
+int store_fail(struct store *s, enum store_stmt id, int rc);
+
+/*
+ * store_exec - run statement @id, which takes no parameters, to the end,
+ * discarding rows. Returns 0 or -errno (logged).
+ */
+int store_exec(struct store *s, enum store_stmt id);
+
+/*
+ * store_exec_id - run statement @id with @v bound to ?1, expecting no
+ * rows. Returns 0 or -errno (logged).
+ */
+int store_exec_id(struct store *s, enum store_stmt id, int64_t v);
+
+/*
+ * store_tx_own - begin a write transaction unless one is already open on
+ * @s. *@own tells store_tx_end whether this call opened it. Returns 0 or
+ * -errno.
+ */
+int store_tx_own(struct store *s, bool *own);
+
+/*
+ * store_tx_end - finish what store_tx_own began: if @own, commit when
+ * @rc is 0, else roll back. Returns @rc, or the commit's error.
+ */
+int store_tx_end(struct store *s, bool own, int rc);
+
+/*
+ * store_bind_text - bind @str (NULL binds NULL) as a static text: the
+ * caller keeps it alive until store_done().
+ */
+void store_bind_text(sqlite3_stmt *st, int idx, const char *str);
+
+/* store_column_strdup - column @col as a malloc'ed string, NULL for NULL. */
+char *store_column_strdup(sqlite3_stmt *st, int col);
+
+/*
+ * store_schema_migrate - bring the database of @db to the newest schema:
+ * each pending migration in its own BEGIN IMMEDIATE transaction, the
+ * version re-read inside it so that concurrent openers apply each one
+ * once. Returns 0, -EPROTO if the database is newer than this program,
+ * or another -errno (logged). The SQLite result of a failure is left in
+ * *@sqlite_rc for the caller to recognise a corrupt file.
+ */
+int store_schema_migrate(sqlite3 *db, int *sqlite_rc);
+
+/* store_schema_version - the newest schema version this program knows. */
+int store_schema_version(void);
+
+/*
+ * store_body_path - the cache file of @umid into @buf (PATH_MAX bytes).
+ * Returns 0 or -ENAMETOOLONG.
+ */
+int store_body_path(struct store *s, int64_t umid, char *buf);
+
+/*
+ * store_body_unlink - remove the cache file of @umid; a missing file is
+ * fine. Returns 0 or -errno (logged).
+ */
+int store_body_unlink(struct store *s, int64_t umid);
+
+/*
+ * store_touch_flush - write the pending last_read updates of @s. With
+ * @wait false it gives up at once if another connection writes (they
+ * stay pending). Best effort: failures are logged at debug level only.
+ */
+void store_touch_flush(struct store *s, bool wait);
+
+/* store_now_ms - wall clock as Unix time in milliseconds */
+int64_t store_now_ms(void);
+
+#endif
