@@ -54,6 +54,7 @@ void args_usage(FILE *out);
 #define INO_CONVERSATIONS 2ULL
 #define INO_CTL_DIR 3ULL
 #define INO_STATUS 4ULL
+#define INO_CTL 5ULL
 #define INO_FOLDER_BASE (1ULL << 48) /* + folder id */
 #define INO_CONV_BASE (2ULL << 48) /* + conversation id */
 #define INO_VIRT_BASE (3ULL << 48) /* + hash of the path: a parent only */

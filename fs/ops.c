@@ -172,11 +172,12 @@ static void msg_attr(struct fs *fs, const struct store_msg *m,
 	st->st_ctim.tv_sec = m->date;
 }
 
+/* the control files: status is read, ctl is written */
 static void file_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = ino;
-	st->st_mode = S_IFREG | 0400;
+	st->st_mode = S_IFREG | (ino == INO_CTL ? 0200 : 0400);
 	st->st_nlink = 1;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
@@ -233,7 +234,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 			msg_attr(fs, &m, &st);
 			store_msg_release(&m);
 		}
-	} else if (ino == INO_STATUS) {
+	} else if (ino == INO_STATUS || ino == INO_CTL) {
 		file_attr(fs, ino, &st);
 	} else {
 		rc = any_dir_attr(fs, ino, &st);
@@ -292,6 +293,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (parent == INO_CTL_DIR) {
 		if (!strcmp(name, "status")) {
 			file_attr(fs, INO_STATUS, &st);
+			rc = 0;
+		} else if (!strcmp(name, "ctl")) {
+			file_attr(fs, INO_CTL, &st);
 			rc = 0;
 		}
 		goto out;
@@ -402,11 +406,13 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 	d.buf = xmalloc(size);
 	if (ino == INO_CTL_DIR || ino == INO_CONVERSATIONS) {
-		const char *names[] = { ".", "..", "status" };
-		size_t count = ino == INO_CTL_DIR ? 3 : 2;
+		const char *names[] = { ".", "..", "status", "ctl" };
+		const fuse_ino_t inos[] = { ino, INO_ROOT, INO_STATUS,
+					    INO_CTL };
+		size_t count = ino == INO_CTL_DIR ? 4 : 2;
 
 		for (off_t i = off; i < (off_t)count; i++)
-			if (!dir_add(&d, names[i], i < 2 ? ino : INO_STATUS,
+			if (!dir_add(&d, names[i], inos[i],
 				     i < 2 ? S_IFDIR : S_IFREG, i + 1))
 				break;
 		goto reply;
@@ -517,6 +523,15 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct store_msg m;
 	int rc, fd;
 
+	if (ino == INO_CTL) {
+		if ((fi->flags & O_ACCMODE) != O_WRONLY) {
+			fuse_reply_err(req, EACCES);
+			return;
+		}
+		fi->direct_io = 1;
+		fuse_reply_open(req, fi);
+		return;
+	}
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
 		fuse_reply_err(req, EROFS);
 		return;
@@ -588,7 +603,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 
 		free(sb->text);
 		free(sb);
-	} else {
+	} else if (ino != INO_CTL) {
 		close((int)fi->fh);
 	}
 	fuse_reply_err(req, 0);
@@ -692,6 +707,14 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		       int to_set, struct fuse_file_info *fi)
 {
+	struct stat st;
+
+	/* `echo sync > ctl` truncates first */
+	if (ino == INO_CTL && to_set == FUSE_SET_ATTR_SIZE) {
+		file_attr(fs_of(req), ino, &st);
+		fuse_reply_attr(req, &st, ENTRY_TIMEOUT);
+		return;
+	}
 	fuse_reply_err(req, EROFS);
 }
 
@@ -737,10 +760,24 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fuse_reply_err(req, EROFS);
 }
 
+/* .convoyfs/ctl: "sync" asks for a refresh of every folder now */
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		     size_t size, off_t off, struct fuse_file_info *fi)
 {
-	fuse_reply_err(req, EROFS);
+	size_t n = size;
+
+	if (ino != INO_CTL) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	while (n && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+		n--;
+	if (n == 4 && !memcmp(buf, "sync", 4)) {
+		sync_request_refresh(fs_of(req)->sync);
+		fuse_reply_write(req, size);
+	} else {
+		fuse_reply_err(req, EINVAL);
+	}
 }
 
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,

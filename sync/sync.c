@@ -231,7 +231,8 @@ static void *sync_main(void *arg)
 			continue;
 		}
 		pthread_mutex_lock(&s->lock);
-		s->syncing = false;
+		if (!s->refresh_asked)
+			s->syncing = false;
 		if (!rc)
 			s->first_sync_done = true;
 		pthread_mutex_unlock(&s->lock);
@@ -297,6 +298,9 @@ void sync_request_refresh(struct sync *s)
 {
 	pthread_mutex_lock(&s->lock);
 	s->refresh_asked = true;
+	/* status shows the round as begun at once, so a caller that waits
+	 * for "idle" after asking waits for this round */
+	s->syncing = true;
 	pthread_cond_broadcast(&s->wake);
 	pthread_mutex_unlock(&s->lock);
 }

@@ -231,6 +231,9 @@ class Dovecot:
             "ssl_min_protocol = TLSv1.2",
             "disable_plaintext_auth = no",
             "auth_mechanisms = plain login",
+            # lport tells an implicit-TLS login from a STARTTLS one in the log
+            "login_log_format_elements = user=<%u> method=%m rip=%r lip=%l lport=%{lport} "
+            "mpid=%e %c session=<%{session}>",
             "passdb {\n  driver = static\n  args = password=%s\n}" % self.password,
             "userdb {\n  driver = static\n  args = uid=%s gid=%s home=%s/%%u\n}"
             % (uid, gid, self.home_root),
@@ -455,8 +458,9 @@ class Dovecot:
                         re.search(rb'INTERNALDATE "([^"]+)"', head).group(1).decode())
                     cur["size"] = int(re.search(rb"RFC822.SIZE (\d+)", head).group(1))
                 if b"HEADER.FIELDS" in head:
-                    mid = email.message_from_bytes(lit).get("Message-ID")
-                    cur["message_id"] = (mid or "").strip()
+                    m = re.search(rb"(?mi)^Message-ID:[ \t]*(.*(?:\r?\n[ \t].*)*)", lit)
+                    cur["message_id"] = (m.group(1).decode("utf-8", "replace").strip()
+                                         if m else "")
                 elif re.search(rb"BODY\[\] \{\d+\}$", head):
                     cur["body"] = lit
         return out
@@ -844,3 +848,154 @@ META_RESPONSE = re.compile(r"(?m)^\* \d+ FETCH \(.*(RFC822\.SIZE|INTERNALDATE|EN
 def commands(text, pattern):
     """The client command lines of a rawlog text that match pattern."""
     return [line for line in text.splitlines() if pattern.search(line)]
+
+
+# -- walking the mount -----------------------------------------------------------
+
+CONTROL_DIR = ".convoyfs"
+CONVERSATIONS = "Conversations"
+
+
+def walk_folders(root, server_dirs=()):
+    """{relative dir path: sorted file names} of the folder part of a mount:
+    everything but .convoyfs/ and (unless the server has such a folder)
+    Conversations/ at the top. The root itself is "" and holds no files."""
+    skip = {CONTROL_DIR}
+    if CONVERSATIONS not in server_dirs:
+        skip.add(CONVERSATIONS)
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        rel = "" if rel == "." else rel
+        if rel == "":
+            dirnames[:] = [d for d in dirnames if d not in skip]
+        dirnames.sort()
+        out[rel] = sorted(filenames)
+    return out
+
+
+MESSAGE_NAME = re.compile(r"^(\d{4})-(\d\d)-(\d\d) (\d\d)\.(\d\d) (.*) #(\d+)\.eml$", re.S)
+
+
+def name_problems(name):
+    """Why a file or directory name is unsafe ([] when it is fine)."""
+    raw = os.fsencode(name)
+    problems = []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return ["not valid UTF-8: %r" % raw]
+    if len(raw) > 255:
+        problems.append("%d bytes long" % len(raw))
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in text):
+        problems.append("has a control character: %r" % text)
+    if "/" in text or "\0" in text:
+        problems.append("has / or NUL")
+    if text in (".", ".."):
+        problems.append("is . or ..")
+    return problems
+
+
+def expected_subject(header_value):
+    """The subject part of a message file name as the contract sanitises it:
+    RFC 2047 decoded, control characters -> space, ':' and '/' -> '-',
+    spaces collapsed and trimmed."""
+    import email.header
+    parts = []
+    for chunk, charset in email.header.decode_header(header_value):
+        if isinstance(chunk, bytes):
+            chunk = chunk.decode(charset or "utf-8", errors="replace")
+        parts.append(chunk)
+    text = "".join(parts)
+    text = re.sub(r"[\x00-\x1f\x7f]", " ", text).replace(":", "-").replace("/", "-")
+    return re.sub(r" +", " ", text).strip()
+
+
+def subject_header(data):
+    """The unfolded Subject header of a message, or None."""
+    head = re.split(rb"\r?\n\r?\n", data, 1)[0]
+    m = re.search(rb"(?mi)^Subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", head)
+    if not m:
+        return None
+    return re.sub(rb"\r?\n(?=[ \t])", b"", m.group(1)).decode("utf-8", errors="replace").rstrip("\r")
+
+
+# -- a scripted IMAP server --------------------------------------------------------
+
+class FakeImapServer:
+    """A plaintext IMAP server on 127.0.0.1 for what Dovecot will not do:
+    greet with given capabilities, answer STARTTLS as told, and record
+    every line the client sends (to prove that no credential was sent)."""
+
+    def __init__(self, capabilities="IMAP4rev1 AUTH=PLAIN", starttls_reply="BAD no TLS here"):
+        self.capabilities = capabilities
+        self.starttls_reply = starttls_reply
+        self.lines = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn):
+        conn.settimeout(30)
+        with conn:
+            f = conn.makefile("rwb")
+            try:
+                f.write(b"* OK [CAPABILITY %s] fake server ready\r\n" % self.capabilities.encode())
+                f.flush()
+                for line in f:
+                    self.lines.append(line)
+                    parts = line.split(None, 2)
+                    if len(parts) < 2:
+                        continue
+                    tag, cmd = parts[0], parts[1].upper()
+                    if cmd == b"CAPABILITY":
+                        f.write(b"* CAPABILITY %s\r\n%s OK done\r\n" % (self.capabilities.encode(), tag))
+                    elif cmd == b"STARTTLS":
+                        f.write(b"%s %s\r\n" % (tag, self.starttls_reply.encode()))
+                    elif cmd == b"LOGOUT":
+                        f.write(b"* BYE bye\r\n%s OK done\r\n" % tag)
+                        f.flush()
+                        return
+                    elif cmd in (b"LOGIN", b"AUTHENTICATE"):
+                        f.write(b"%s NO [AUTHENTICATIONFAILED] no\r\n" % tag)
+                    else:
+                        f.write(b"%s BAD unknown\r\n" % tag)
+                    f.flush()
+            except OSError:
+                pass
+
+    def credentials_sent(self):
+        return [l for l in self.lines if re.match(rb"\S+ (LOGIN|AUTHENTICATE)\b", l, re.I)]
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+        self.thread.join(5)
+
+
+def message_id_token(value):
+    """The msg-id of a Message-ID header value (RFC 5322 §3.6.4): the first
+    <...> with the white space folding may have put inside removed, else a
+    lone word; "" when there is none."""
+    if not value:
+        return ""
+    for m in re.finditer(r"<[^<>]*>", value):
+        tok = re.sub(r"[ \t\r\n]", "", m.group(0))
+        if len(tok) > 2:
+            return tok
+    v = value.strip()
+    return v if v and not re.search(r"\s", v) else ""
