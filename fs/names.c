@@ -145,8 +145,9 @@ static size_t subject_put(char *out, size_t room, const char *s)
 	return len;
 }
 
-size_t names_message(char *buf, int64_t date, int zone, const char *subject,
-		     int64_t umid)
+/* "<date> <subject> #<id><ext>": message files and conversation dirs */
+static size_t dated_name(char *buf, int64_t date, int zone,
+			 const char *subject, int64_t id, const char *ext)
 {
 	static const char nosubj[] = "(no subject)";
 	char head[64], tail[32];
@@ -166,7 +167,7 @@ size_t names_message(char *buf, int64_t date, int zone, const char *subject,
 	hl = (size_t)snprintf(head, sizeof(head), "%04lld-%02d-%02d %02d.%02d ",
 			      (long long)tm.tm_year + 1900, tm.tm_mon + 1,
 			      tm.tm_mday, tm.tm_hour, tm.tm_min);
-	tl = (size_t)snprintf(tail, sizeof(tail), " #%" PRId64 ".eml", umid);
+	tl = (size_t)snprintf(tail, sizeof(tail), " #%" PRId64 "%s", id, ext);
 
 	memcpy(buf, head, hl);
 	sl = subject_put(buf + hl, NAMES_MAX - hl - tl, subject);
@@ -178,17 +179,30 @@ size_t names_message(char *buf, int64_t date, int zone, const char *subject,
 	return hl + sl + tl;
 }
 
-int64_t names_message_umid(const char *name)
+size_t names_message(char *buf, int64_t date, int zone, const char *subject,
+		     int64_t umid)
 {
-	size_t len, end, i;
+	return dated_name(buf, date, zone, subject, umid, ".eml");
+}
+
+size_t names_conversation(char *buf, int64_t date, int zone,
+			  const char *subject, int64_t conv)
+{
+	return dated_name(buf, date, zone, subject, conv, "");
+}
+
+/* the id of a name made by dated_name() with @ext, or -1 */
+static int64_t dated_name_id(const char *name, const char *ext)
+{
+	size_t len, end, i, el = strlen(ext);
 	int64_t v = 0;
 
 	if (!name)
 		return -1;
 	len = strlen(name);
-	if (len < 4 || memcmp(name + len - 4, ".eml", 4) != 0)
+	if (len < el || memcmp(name + len - el, ext, el) != 0)
 		return -1;
-	end = len - 4;
+	end = len - el;
 	i = end;
 	while (i > 0 && name[i - 1] >= '0' && name[i - 1] <= '9')
 		i--;
@@ -237,4 +251,14 @@ size_t names_component(char *buf, const char *raw, size_t rawlen)
 	}
 	buf[len] = '\0';
 	return len;
+}
+
+int64_t names_message_umid(const char *name)
+{
+	return dated_name_id(name, ".eml");
+}
+
+int64_t names_conversation_id(const char *name)
+{
+	return dated_name_id(name, "");
 }

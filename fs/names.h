@@ -33,6 +33,15 @@ size_t names_message(char *buf, int64_t date, int zone, const char *subject,
 int64_t names_message_umid(const char *name);
 
 /*
+ * names_conversation - the directory name of a conversation: as
+ * names_message() with its first date and subject, ending in " #<conv>"
+ * (no extension). names_conversation_id() reads the id back, or -1.
+ */
+size_t names_conversation(char *buf, int64_t date, int zone,
+			  const char *subject, int64_t conv);
+int64_t names_conversation_id(const char *name);
+
+/*
  * names_component - write into @buf (at least NAMES_MAX + 1 bytes) a safe
  * directory name for one folder name component @raw (UTF-8 or not):
  * invalid UTF-8 -> U+FFFD, control characters and '/' -> '_', "" / "." /

@@ -363,8 +363,34 @@ static void test_components(void)
 	      "names_component", "every byte value");
 }
 
+static void test_conversations(void)
+{
+	char buf[NAMES_MAX + 1], big[700];
+	size_t n;
+
+	n = names_conversation(buf, 0, 0, "Re: plans", 42);
+	if (strcmp(buf, "1970-01-01 00.00 Re- plans #42") || n != strlen(buf)) {
+		fprintf(stderr, "conversation name: got \"%s\"\n", buf);
+		failures++;
+	}
+	if (names_conversation_id(buf) != 42 ||
+	    names_conversation_id("x #42.eml") != -1 ||
+	    names_message_umid(buf) != -1) {
+		fprintf(stderr, "conversation id round trip failed\n");
+		failures++;
+	}
+	memset(big, 'a', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	n = names_conversation(buf, 0, 0, big, 7);
+	if (n > NAMES_MAX || names_conversation_id(buf) != 7) {
+		fprintf(stderr, "long conversation name: %zu bytes\n", n);
+		failures++;
+	}
+}
+
 int main(void)
 {
+	test_conversations();
 	test_messages();
 	test_long_subjects();
 	test_umids();
