@@ -723,8 +723,11 @@ class Mount:
         os.makedirs(self.path, exist_ok=True)
         os.makedirs(self.cache_dir, exist_ok=True)
         self.stderr_file = open(self.stderr_path, "ab")
+        # its own session: a Ctrl-C meant for the caller does not reach it,
+        # so the caller unmounts in order
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                     stdout=self.stderr_file, stderr=self.stderr_file)
+                                     stdout=self.stderr_file, stderr=self.stderr_file,
+                                     start_new_session=True)
         self.arm(watchdog)
         if wait:
             self.wait_mounted(mount_timeout)
