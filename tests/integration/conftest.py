@@ -5,8 +5,9 @@ dovecot        session: one server loaded with the sample mailbox (generated
                tests must not change it.
 server_state   session: what that server holds, fetched once with PEEK.
 corpus         session: skips the test when ../shared/corpora is absent.
-dovecot_factory  function: extra servers (other certificates, layouts), all
-               stopped by pid at teardown.
+dovecot_factory  function: extra servers (other certificates, layouts,
+               imap_capability), all stopped by pid at teardown.
+fresh_dovecot  function: one empty server of the test's own.
 mount          function: factory that runs `convoyfs -f` and unmounts at teardown.
 shared_mount   one mount of `dovecot` (made once per session) for tests that
                only read.
@@ -124,6 +125,12 @@ def dovecot_factory():
     yield make
     for d in made:
         d.cleanup()
+
+
+@pytest.fixture
+def fresh_dovecot(dovecot_factory):
+    """An empty server of this test's own, to fill or tamper with."""
+    return dovecot_factory()
 
 
 def _finish_mount(m, failed):

@@ -172,6 +172,14 @@ def test_starttls_mount(dovecot_factory, mount):
     assert all(", TLS," in l for l in logins), logins
 
 
+def test_mount_by_host_name(dovecot_factory, mount):
+    # the certificate names localhost; convoyfs must also find the server
+    # where localhost also resolves to ::1 (Dovecot listens on 127.0.0.1 only)
+    d, bodies = small_server(dovecot_factory, 3)
+    m = mount(d, host="localhost")
+    assert len(os.listdir(os.path.join(m.path, "INBOX"))) == 3
+
+
 def test_daemon_mode_mounts_and_unmounts(dovecot_factory, tmp_path, convoyfs_bin):
     d, bodies = small_server(dovecot_factory, 5)
     mp = str(tmp_path / "mnt")

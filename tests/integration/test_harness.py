@@ -192,3 +192,28 @@ def test_generator_imap_loader(dovecot_factory, tmp_path):
     assert sorted(m["body"] for m in msgs.values()) == sorted(g for g, _ in gen)
     dates = sorted(m["internaldate"] for m in msgs.values())
     assert dates == sorted(int(w.timestamp()) for _, w in gen)
+
+
+def test_capability_override_and_appends_without_literal_plus(dovecot_factory):
+    d = dovecot_factory(imap_capability="IMAP4rev1 IDLE")
+    with d.session() as c:
+        typ, data = c.capability()
+        caps = data[0].decode().split()
+        assert "MOVE" not in caps and "CONDSTORE" not in caps and "LITERAL+" not in caps
+        assert "LITERAL+" not in c.capabilities
+        items = [(m, w, ("\\Seen",)) for m, w in harness.genmail.gen_messages(40, 3)]
+        items.insert(5, (b"", None, ()))  # refused by the server, the rest goes on
+        res = d.append_many("Fallback", items, imap=c)
+    assert isinstance(res[5], Exception)
+    assert [r for i, r in enumerate(res) if i != 5] == list(range(1, 41))
+    msgs = d.fetch_folder("Fallback")
+    assert len(msgs) == 40 and all(m["flags"] == {"\\Seen"} for m in msgs.values())
+    # the server still runs what it no longer announces (why tests read the rawlog)
+    with d.session() as c:
+        typ, data = c._simple_command("ENABLE", "CONDSTORE")
+        assert typ == "OK"
+
+
+def test_fresh_dovecot_is_empty(fresh_dovecot):
+    assert fresh_dovecot.fetch_folder("INBOX") == {}
+    assert {f[0] for f in fresh_dovecot.list_folders()} == {"INBOX", "Sent", "Trash"}
