@@ -182,8 +182,8 @@ def mount(request, tmp_path, convoyfs_bin):
 def _shared_mount(tmp_path_factory, dovecot, convoyfs_bin):
     base = tmp_path_factory.mktemp("shared")
     m = harness.Mount(dovecot, str(base / "mnt"), str(base / "cache"), binary=convoyfs_bin)
-    m.start(watchdog=300)
     try:
+        m.start(watchdog=300)
         m.wait_idle(180)
     except BaseException:
         m.stop()

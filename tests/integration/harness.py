@@ -809,6 +809,8 @@ class Mount:
             r = fusermount(self.path)
             if r.returncode != 0:
                 fusermount(self.path, lazy=True)
+        else:
+            timeout = 1  # never mounted, or gone: an unmount cannot end it
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
