@@ -835,11 +835,6 @@ class Mount:
                 if any(p.search(line) for p in SANITIZER_PATTERNS)]
 
 
-def run_convoyfs(argv, timeout=60):
-    """Run convoyfs to completion (for the failure modes); return CompletedProcess."""
-    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-
-
 # -- reading the rawlog --------------------------------------------------------
 
 # A FETCH that returns message text: BODY[], BODY.PEEK[], BODY[TEXT], a part
