@@ -177,7 +177,7 @@ static void file_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = ino;
-	st->st_mode = S_IFREG | (ino == INO_CTL ? 0200 : 0400);
+	st->st_mode = S_IFREG | (ino == INO_CTL ? 0600 : 0400);
 	st->st_nlink = 1;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
@@ -524,10 +524,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	int rc, fd;
 
 	if (ino == INO_CTL) {
-		if ((fi->flags & O_ACCMODE) != O_WRONLY) {
-			fuse_reply_err(req, EACCES);
-			return;
-		}
+		/* readable too (empty), so grep -r over the mount is quiet */
 		fi->direct_io = 1;
 		fuse_reply_open(req, fi);
 		return;
@@ -575,16 +572,25 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
+	if (ino == INO_CTL) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
 	if (ino == INO_STATUS) {
 		struct status_buf *sb = (struct status_buf *)(uintptr_t)fi->fh;
+		size_t n = 0;
+		char *copy;
 
-		if ((size_t)off >= sb->len)
-			fuse_reply_buf(req, NULL, 0);
-		else
-			fuse_reply_buf(req, sb->text + off,
-				       size < sb->len - (size_t)off
-					       ? size
-					       : sb->len - (size_t)off);
+		if ((size_t)off < sb->len)
+			n = size < sb->len - (size_t)off ? size
+							 : sb->len - (size_t)off;
+		/* a copy: the release that frees sb may run on another
+		 * thread as soon as the reader has its bytes */
+		copy = xmalloc(n);
+		if (n)
+			memcpy(copy, sb->text + off, n);
+		fuse_reply_buf(req, copy, n);
+		free(copy);
 		return;
 	}
 	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);

@@ -128,6 +128,23 @@ static void add_folder(struct tree *t, size_t *cap,
 	}
 }
 
+static bool name_is_clean(const struct store_folder *f)
+{
+	const char *p = f->display;
+
+	for (;;) {
+		const char *end = f->delim ? strchr(p, f->delim) : NULL;
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		char comp[NAMES_MAX + 1];
+
+		if (names_component(comp, p, len) != len || memcmp(comp, p, len))
+			return false;
+		if (!end)
+			return true;
+		p = end + 1;
+	}
+}
+
 struct tree *tree_build(const struct store_folder *folders, size_t n)
 {
 	struct tree *t = xcalloc(1, sizeof(*t));
@@ -135,8 +152,12 @@ struct tree *tree_build(const struct store_folder *folders, size_t n)
 
 	atomic_init(&t->refs, 1);
 	add_dir(t, &cap, 0, "", INO_ROOT, 0);
-	for (size_t i = 0; i < n; i++)
-		add_folder(t, &cap, &folders[i]);
+	/* folders whose names need no change first, so a name the server
+	 * really has is never taken by another one sanitised onto it */
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t i = 0; i < n; i++)
+			if (name_is_clean(&folders[i]) == (pass == 0))
+				add_folder(t, &cap, &folders[i]);
 	return t;
 }
 
