@@ -51,6 +51,11 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 			 s->cfg.cache_dir, strerror(-rc));
 		goto fail;
 	}
+	/* the folder list is one round trip: have it before the mount
+	 * appears, so the tree is there at once on a first mount */
+	rc = sync_folders(s);
+	if (rc)
+		log_warn("cannot list folders yet: %s", strerror(-rc));
 	store_close(s->st);
 	s->st = NULL;
 	s->online = true;

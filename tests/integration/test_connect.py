@@ -194,7 +194,8 @@ def test_daemon_mode_mounts_and_unmounts(dovecot_factory, tmp_path, convoyfs_bin
         harness.wait_until(lambda: harness.mounted(mp), 10, what="the daemon's mount")
         daemons = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline_has(p, mp)]
         assert daemons, "no daemon process found"
-        harness.wait_until(lambda: len(os.listdir(os.path.join(mp, "INBOX"))) == 5, 60,
+        harness.wait_until(lambda: os.path.isdir(os.path.join(mp, "INBOX")) and
+                           len(os.listdir(os.path.join(mp, "INBOX"))) == 5, 60,
                            what="INBOX to list 5 messages")
     finally:
         if harness.mounted(mp):
