@@ -41,6 +41,9 @@ void args_usage(FILE *out)
 	      "  timeout=SECONDS        longest network wait (default 30)\n"
 	      "  debug=CATS             log categories: sync,fetch,imap,tls,"
 	      "store,fs or all\n"
+	      "  auth=login|plain       LOGIN (default) or AUTHENTICATE PLAIN;\n"
+	      "                         PLAIN is used anyway when LOGIN is "
+	      "disabled\n"
 	      "  allow_other            let other users see the mount\n",
 	      out);
 }
@@ -172,6 +175,11 @@ static int parse_opts(char *opts, struct fs_args *a, char *err,
 		} else if (!strcmp(o, "debug") && v) {
 			free(a->debug_cats);
 			a->debug_cats = xstrdup(v);
+		} else if (!strcmp(o, "auth") && v) {
+			if (!strcmp(v, "plain"))
+				a->cfg.auth_plain = true;
+			else if (strcmp(v, "login"))
+				goto bad;
 		} else if (!strcmp(o, "allow_other") && !v) {
 			a->allow_other = true;
 		} else {

@@ -369,15 +369,26 @@ static int conn_login(struct conn_priv *p, const struct sync_config *cfg,
 					      err, errlen);
 	}
 	/* RFC 3501 §6.2.3: LOGIN must not be sent at all then */
-	if (mailimap_has_extension(imap, "LOGINDISABLED")) {
-		snprintf(err, errlen,
-			 "cannot log in to %s: server disables LOGIN "
-			 "(LOGINDISABLED)",
-			 p->host);
-		return -EACCES;
+	if (cfg->auth_plain || mailimap_has_extension(imap, "LOGINDISABLED")) {
+		if (!mailimap_has_authentication(imap, "PLAIN")) {
+			snprintf(err, errlen,
+				 "cannot log in to %s: server offers neither "
+				 "LOGIN nor AUTHENTICATE PLAIN",
+				 p->host);
+			return -EACCES;
+		}
+		t0 = now_ms();
+		/* through Cyrus SASL's PLAIN plugin (libsasl2-modules) */
+		r = mailimap_authenticate(imap, "PLAIN", p->host, NULL, NULL,
+					  cfg->user, cfg->user, cfg->password,
+					  NULL);
+		/* a refusal comes back as the SASL error */
+		if (r == MAILIMAP_ERROR_SASL && !conn_rc_is_fatal(r))
+			r = MAILIMAP_ERROR_LOGIN;
+	} else {
+		t0 = now_ms();
+		r = mailimap_login(imap, cfg->user, cfg->password);
 	}
-	t0 = now_ms();
-	r = mailimap_login(imap, cfg->user, cfg->password);
 	if (r == MAILIMAP_ERROR_LOGIN) {
 		snprintf(err, errlen, "login as %s refused by server: %s",
 			 cfg->user, conn_text(imap, text, sizeof(text)));

@@ -16,6 +16,7 @@ struct sync_config {
 	char *host; /* owned */
 	char *port; /* owned: "993" for imaps, "143" for imap */
 	bool starttls; /* imap:// : STARTTLS required before LOGIN */
+	bool auth_plain; /* AUTHENTICATE PLAIN instead of LOGIN */
 	char *cafile; /* owned, may be NULL: trust these CAs instead */
 	char *cache_dir; /* owned: the store's directory */
 	unsigned poll_interval; /* seconds between checks of every folder */
