@@ -31,6 +31,15 @@ struct stmt_def {
 	"id, name, display, delim, role, noselect, uidvalidity, uidnext, " \
 	"low_uid, highestmodseq, last_refresh FROM folders "
 
+#define CONV_COLUMNS \
+	"id, subject, first_date, first_zone, last_date, count FROM conversations "
+
+/* whether conversation o's earliest message is the earliest of both */
+#define CONV_O_FIRST                                                         \
+	"(o.count > 0 AND (t.count = 0 OR (o.first_date, "                   \
+	"coalesce(o.first_message_id, ''), o.first_umid) < (t.first_date, "  \
+	"coalesce(t.first_message_id, ''), t.first_umid)))"
+
 /* Every statement of the store; the column orders are relied on by the
  * readers in folders.c, messages.c and bodies.c. */
 /* clang-format off */
@@ -94,6 +103,53 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"SELECT coalesce(sum(size), 0) FROM bodies" },
 	[ST_BODY_LRU] = { "body_lru",
 		"SELECT umid, size FROM bodies ORDER BY last_read, umid" },
+
+	/* ---- conversations.c ---- */
+	[ST_SAVEPOINT] = { "savepoint", "SAVEPOINT conv" },
+	[ST_RELEASE] = { "release", "RELEASE conv" },
+	[ST_ROLLBACK_TO] = { "rollback_to", "ROLLBACK TO conv" },
+	[ST_CONV_GET] = { "conv_get",
+		"SELECT " CONV_COLUMNS "WHERE id = ?1" },
+	[ST_CONV_LIST] = { "conv_list",
+		"SELECT " CONV_COLUMNS "WHERE id > ?1 AND count > 0 "
+		"ORDER BY id LIMIT ?2" },
+	[ST_CONV_MESSAGES] = { "conv_messages",
+		"SELECT " MSG_COLUMNS
+		"WHERE m.conv = ?1 AND m.umid > ?2 ORDER BY m.umid LIMIT ?3" },
+	[ST_CONV_UNTHREADED] = { "conv_unthreaded",
+		"SELECT " MSG_COLUMNS
+		"WHERE m.conv IS NULL AND m.umid > ?1 ORDER BY m.umid LIMIT ?2" },
+	[ST_CONV_OF_MSG] = { "conv_of_msg",
+		"SELECT conv FROM messages WHERE umid = ?1" },
+	[ST_CONV_LOOKUP] = { "conv_lookup",
+		"SELECT conv FROM header_ids WHERE hash = ?1" },
+	/* empty: the message entering it fills it in (schema.c's triggers) */
+	[ST_CONV_NEW] = { "conv_new",
+		"INSERT INTO conversations DEFAULT VALUES" },
+	[ST_CONV_SET_MSG] = { "conv_set_msg",
+		"UPDATE messages SET conv = ?2 WHERE umid = ?1 AND conv IS NULL" },
+	[ST_CONV_ADD_ID] = { "conv_add_id",
+		"INSERT INTO header_ids (hash, conv) VALUES (?1, ?2) "
+		"ON CONFLICT (hash) DO UPDATE SET conv = excluded.conv" },
+	/* ?1 survives, ?2 is merged into it; either may be empty */
+	[ST_CONV_MERGE_STATS] = { "conv_merge_stats",
+		"UPDATE conversations AS t SET count = t.count + o.count, "
+		"last_date = CASE WHEN o.count = 0 THEN t.last_date "
+		"WHEN t.count = 0 THEN o.last_date "
+		"ELSE max(t.last_date, o.last_date) END, "
+		"subject = iif(" CONV_O_FIRST ", o.subject, t.subject), "
+		"first_zone = iif(" CONV_O_FIRST ", o.first_zone, t.first_zone), "
+		"first_umid = iif(" CONV_O_FIRST ", o.first_umid, t.first_umid), "
+		"first_message_id = iif(" CONV_O_FIRST ", o.first_message_id, "
+		"t.first_message_id), "
+		"first_date = iif(" CONV_O_FIRST ", o.first_date, t.first_date) "
+		"FROM conversations AS o WHERE t.id = ?1 AND o.id = ?2" },
+	[ST_CONV_MERGE_MSGS] = { "conv_merge_msgs",
+		"UPDATE messages SET conv = ?1 WHERE conv = ?2" },
+	[ST_CONV_MERGE_IDS] = { "conv_merge_ids",
+		"UPDATE header_ids SET conv = ?1 WHERE conv = ?2" },
+	[ST_CONV_DELETE] = { "conv_delete",
+		"DELETE FROM conversations WHERE id = ?1" },
 };
 /* clang-format on */
 
@@ -101,6 +157,20 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 static const char *const conn_pragmas[] = {
 	"PRAGMA foreign_keys = ON",
 	"PRAGMA synchronous = FULL",
+	/*
+	 * Statement journals (every INSERT or UPDATE with a trigger or a
+	 * foreign key keeps one) stay in memory; on disk, once one grew
+	 * past 64 KiB, every later statement of the transaction wrote its
+	 * pages to a temporary file: 7 writes per message stored.
+	 */
+	"PRAGMA temp_store = MEMORY",
+	/* the indexes a sync batch touches at random stay cached (the
+	 * default 2 MiB spilled them back and forth); memory is taken only
+	 * as pages are used */
+	"PRAGMA cache_size = -16384",
+	/* a checkpoint per ~40 MiB of WAL, not per batch of messages: a page
+	 * changed by several batches is copied back once */
+	"PRAGMA wal_autocheckpoint = 10000",
 };
 
 /*

@@ -15,6 +15,33 @@
 /* migration 1 seeds sqlite_sequence with STORE_FIRST_UMID - 1 literally */
 _Static_assert(STORE_FIRST_UMID == 1024, "update the umid seed below");
 
+/*
+ * Trigger @name: after @event on messages, a message that now has a
+ * conversation (and, with @cond, had none) is counted into it, and
+ * becomes its earliest message if it sorts first or the conversation
+ * was empty. All SET expressions see the row as it was before.
+ */
+#define CONV_ENTER_TRIGGER(name, event, cond)                                \
+	"CREATE TRIGGER " name " AFTER " event " ON messages "             \
+	"WHEN new.conv IS NOT NULL " cond                                    \
+	"BEGIN"                                                              \
+	"  UPDATE conversations SET"                                         \
+	"    count = count + 1,"                                             \
+	"    last_date = iif(count = 0, new.date, max(last_date, new.date))," \
+	"    subject = iif(" CONV_FIRST ", new.subject, subject),"          \
+	"    first_date = iif(" CONV_FIRST ", new.date, first_date),"       \
+	"    first_zone = iif(" CONV_FIRST ", new.zone, first_zone),"       \
+	"    first_umid = iif(" CONV_FIRST ", new.umid, first_umid),"       \
+	"    first_message_id = iif(" CONV_FIRST ", new.message_id,"        \
+	"      first_message_id)"                                            \
+	"  WHERE id = new.conv;"                                             \
+	"END;"
+
+/* whether the new message is the conversation's earliest from now on */
+#define CONV_FIRST                                                      \
+	"(count = 0 OR (new.date, coalesce(new.message_id, ''), new.umid)" \
+	" < (first_date, coalesce(first_message_id, ''), first_umid))"
+
 /* clang-format off */
 static const char *const migrations[] = {
 	/* 1: the tables of DESIGN §3 */
@@ -114,6 +141,73 @@ static const char *const migrations[] = {
 	"  last_read INTEGER NOT NULL"
 	");"
 	"CREATE INDEX bodies_last_read ON bodies (last_read);",
+
+	/*
+	 * 2: conversations keep their earliest message (date, Message-ID
+	 * with none first, umid), so the subject and first date come out
+	 * the same whatever order mail arrives in; ids are never reused, as
+	 * a conversation id is part of an inode number. Version 1 never
+	 * threaded anything: the table is rebuilt empty and every message
+	 * is left to thread again.
+	 */
+	"UPDATE messages SET conv = NULL;"
+	/* a header id is kept as a 64-bit hash of its text (see
+	 * conversations.c): the map stays small and quick to search */
+	"DROP TABLE header_ids;"
+	"CREATE TABLE header_ids ("
+	"  hash INTEGER PRIMARY KEY,"
+	"  conv INTEGER NOT NULL"
+	");"
+	"CREATE INDEX header_ids_conv ON header_ids (conv);"
+	"CREATE TABLE conversations_new ("
+	"  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  subject TEXT," /* the earliest message's */
+	"  first_date INTEGER NOT NULL DEFAULT 0,"
+	"  first_zone INTEGER NOT NULL DEFAULT 0,"
+	"  last_date INTEGER NOT NULL DEFAULT 0,"
+	"  count INTEGER NOT NULL DEFAULT 0,"
+	"  first_umid INTEGER," /* the earliest message */
+	"  first_message_id TEXT" /* its Message-ID, the tie-break */
+	");"
+	"DROP TABLE conversations;"
+	"ALTER TABLE conversations_new RENAME TO conversations;"
+	/* (conv, date) also finds a conversation's last date at once */
+	"DROP INDEX messages_conv;"
+	"CREATE INDEX messages_conv ON messages (conv, date);"
+	/*
+	 * A message entering a conversation (inserted with one, or given
+	 * one where it had none) counts at once, in the same statement, so
+	 * no failure can leave a count that disagrees with the messages.
+	 * Moving messages between conversations (a merge) is not counted
+	 * here: the merge adds up the two rows itself.
+	 */
+	CONV_ENTER_TRIGGER("messages_conv_insert", "INSERT", "")
+	CONV_ENTER_TRIGGER("messages_conv_set", "UPDATE OF conv",
+			   "AND old.conv IS NULL ")
+	/*
+	 * However a message goes (store_msg_delete, a folder's cascade),
+	 * its conversation's count and dates follow; an empty conversation
+	 * goes with the ids that pointed at it.
+	 */
+	"CREATE TRIGGER messages_conv_delete AFTER DELETE ON messages "
+	"WHEN old.conv IS NOT NULL "
+	"BEGIN"
+	"  UPDATE conversations SET count = count - 1 WHERE id = old.conv;"
+	"  UPDATE conversations SET (subject, first_date, first_zone,"
+	"    first_umid, first_message_id) = (SELECT subject, date, zone,"
+	"    umid, message_id FROM messages WHERE conv = old.conv"
+	"    ORDER BY date, coalesce(message_id, ''), umid LIMIT 1)"
+	"  WHERE id = old.conv AND first_umid = old.umid AND count > 0;"
+	"  UPDATE conversations SET last_date = (SELECT max(date)"
+	"    FROM messages WHERE conv = old.conv)"
+	"  WHERE id = old.conv AND last_date <= old.date AND count > 0;"
+	/* emptiness by the messages themselves, not the count: deleting a
+	 * row that messages still point at would fail the foreign key */
+	"  DELETE FROM header_ids WHERE conv = old.conv AND NOT EXISTS"
+	"    (SELECT 1 FROM messages WHERE conv = old.conv);"
+	"  DELETE FROM conversations WHERE id = old.conv AND NOT EXISTS"
+	"    (SELECT 1 FROM messages WHERE conv = old.conv);"
+	"END;",
 };
 /* clang-format on */
 

@@ -180,4 +180,107 @@ void store_body_abort(struct store_body_writer *w);
  */
 int store_body_trim(struct store *s, uint64_t budget);
 
+/* ---- conversations ---- */
+
+/*
+ * A conversation is a set of messages joined by Message-ID, References
+ * and In-Reply-To (sync/thread.c decides which; DESIGN §4). Its subject,
+ * first date and zone are those of its earliest message, ordered by
+ * (date, Message-ID with none first, umid), so they do not depend on the
+ * order in which messages arrived. Conversation ids are never reused.
+ *
+ * Deleting a message (store_msg_delete, or a folder's messages with
+ * store_folder_delete) keeps its conversation right: the count falls, the
+ * earliest message and last date are recomputed from the messages left,
+ * and a conversation left empty is deleted with its header ids.
+ */
+struct store_conv {
+	int64_t id;
+	char *subject; /* owned, may be NULL: the earliest message's */
+	int64_t first_date; /* Unix time of the earliest message */
+	int first_zone; /* its zone, minutes east of UTC */
+	int64_t last_date; /* Unix time of the latest message */
+	uint64_t count; /* messages, each copy in each folder counted */
+};
+
+/* store_conv_get - load conversation @id; -ENOENT if none. Release after. */
+int store_conv_get(struct store *s, int64_t id, struct store_conv *out);
+void store_conv_release(struct store_conv *c);
+
+/*
+ * store_conv_list - up to @max conversations with id > @after and at
+ * least one message, in id order, into @out (caller's array; release
+ * each entry). Sets *@n.
+ */
+int store_conv_list(struct store *s, int64_t after, size_t max,
+		    struct store_conv *out, size_t *n);
+
+/*
+ * store_conv_messages - up to @max messages of conversation @conv with
+ * umid > @after, in umid order, as store_msg_list does for a folder.
+ */
+int store_conv_messages(struct store *s, int64_t conv, int64_t after,
+			size_t max, struct store_msg *out, size_t *n);
+
+/*
+ * The calls below are the threader's (sync/thread.c). Each leaves the
+ * rows consistent on its own, so a failure between two of them, even in
+ * a transaction that is then committed, only leaves harmless rests: an
+ * empty conversation (not listed), or ids mapped to a conversation the
+ * message has not joined yet (thread it again to finish).
+ *
+ * store_conv_begin - begin a write transaction unless one is open on @s;
+ * store_conv_end finishes it (commit if @rc is 0, else roll back) if
+ * *@own says it was opened here, and returns @rc or the commit's error.
+ */
+int store_conv_begin(struct store *s, bool *own);
+int store_conv_end(struct store *s, bool own, int rc);
+
+/*
+ * store_conv_of_msg - the conversation of message @umid into *@conv, 0
+ * if it has none yet. -ENOENT if no such message.
+ */
+int store_conv_of_msg(struct store *s, int64_t umid, int64_t *conv);
+
+/*
+ * store_conv_lookup - for each of the @n header ids @ids (Message-ID
+ * values with <>), the conversation header_ids maps it to into
+ * @convs[i], 0 for an id not known. (header_ids keeps a 64-bit hash of
+ * each id, not its text: see conversations.c.)
+ */
+int store_conv_lookup(struct store *s, const char *const *ids, size_t n,
+		      int64_t *convs);
+
+/* store_conv_new - a new, empty conversation; its id in *@conv. */
+int store_conv_new(struct store *s, int64_t *conv);
+
+/*
+ * store_conv_attach - put message @umid, which has no conversation yet,
+ * into conversation @conv; in the same statement its count, last date
+ * and earliest message follow. -EEXIST if the message is gone or has a
+ * conversation already.
+ */
+int store_conv_attach(struct store *s, int64_t conv, int64_t umid);
+
+/*
+ * store_conv_merge - move every message and header id of conversation
+ * @from into @into, add up their counts and dates, and delete @from; all
+ * or nothing (a savepoint inside the caller's transaction). -ENOENT if
+ * either does not exist; @from == @into is -EINVAL.
+ */
+int store_conv_merge(struct store *s, int64_t from, int64_t into);
+
+/* store_conv_add_ids - map each of the @n header ids @ids to @conv
+ * (an id already mapped is moved). */
+int store_conv_add_ids(struct store *s, const char *const *ids, size_t n,
+		       int64_t conv);
+
+/*
+ * store_conv_unthreaded - up to @max messages without a conversation
+ * and with umid > @after, in umid order (as store_msg_list); for
+ * threading what an older store or a failed threading left behind.
+ */
+int store_conv_unthreaded(struct store *s, int64_t after, size_t max,
+			  struct store_msg *out, size_t *n);
+
 #endif

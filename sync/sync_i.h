@@ -136,4 +136,42 @@ void mime_fields_release(struct mime_fields *f);
  */
 char *mime_decode_words(const char *s);
 
+/* ---- thread.c: threading messages into conversations (DESIGN §4) ---- */
+
+struct store;
+struct store_msg;
+
+/* at most this many header ids of one message are looked at (its
+ * Message-ID, In-Reply-To, the first and the last of References), so a
+ * hostile header costs a bounded amount of work */
+#define THREAD_MAX_IDS 100
+
+/*
+ * thread_message - put message @m, just stored by store_msg_put, into its
+ * conversation. Only @m->umid, message_id, references and in_reply_to
+ * are read; the date, zone and subject the conversation takes come from
+ * the stored row. The conversation is the one any of its Message-ID,
+ * References and In-Reply-To ids already maps to; a new one if none does;
+ * and if they map to several, the lowest-numbered one, with the others
+ * merged into it. Every id is then mapped to that conversation. A message
+ * that already has a conversation is left alone, so calling it after
+ * every store_msg_put (flag updates too) is fine.
+ *
+ * Runs in the caller's transaction, or in its own if none is open. A
+ * failure leaves consistent rows even if the caller commits: the
+ * message then has no conversation yet (thread_backlog finds it).
+ * Returns 0, -EINVAL for a message without umid, -ENOENT if @m->umid is
+ * not in the store, or another -errno from the store. Thread: the one
+ * that writes sync state, on its own struct store.
+ */
+int thread_message(struct store *st, const struct store_msg *m);
+
+/*
+ * thread_backlog - thread up to @max messages that have no conversation
+ * (left by an older store version or a failed thread_message), oldest
+ * umid first; *@done says how many were threaded. Call it in a loop
+ * until *@done is 0. Opens its own transaction unless one is open.
+ */
+int thread_backlog(struct store *st, size_t max, size_t *done);
+
 #endif
