@@ -161,7 +161,7 @@ static const char *const conn_pragmas[] = {
 	 * Statement journals (every INSERT or UPDATE with a trigger or a
 	 * foreign key keeps one) stay in memory; on disk, once one grew
 	 * past 64 KiB, every later statement of the transaction wrote its
-	 * pages to a temporary file: 7 writes per message stored.
+	 * pages to a temporary file: 3 to 4 writes per message stored.
 	 */
 	"PRAGMA temp_store = MEMORY",
 	/* the indexes a sync batch touches at random stay cached (the
