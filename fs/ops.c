@@ -32,7 +32,7 @@
 
 static const char *const xattr_names[] = {
 	"user.convoyfs.flags", "user.convoyfs.message-id", "user.convoyfs.uid",
-	"user.convoyfs.folder"
+	"user.convoyfs.folder", "user.convoyfs.conversation"
 };
 
 struct fs {
@@ -161,7 +161,8 @@ static void msg_attr(struct fs *fs, const struct store_msg *m,
 	memset(st, 0, sizeof(*st));
 	st->st_ino = (ino_t)m->umid;
 	st->st_mode = S_IFREG | 0600;
-	st->st_nlink = 1;
+	/* one inode wherever it shows: its folder and its conversation */
+	st->st_nlink = m->conv ? 2 : 1;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
 	st->st_size = (off_t)m->size;
@@ -184,6 +185,48 @@ static void file_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 	st->st_blksize = 4096;
 }
 
+static bool is_conv_ino(fuse_ino_t ino)
+{
+	return (ino & INO_KIND_MASK) == INO_CONV_BASE;
+}
+
+static int get_conv(struct fs *fs, int64_t id, struct store_conv *c)
+{
+	struct store *st;
+	int rc = borrow(fs, &st);
+
+	if (rc)
+		return rc;
+	rc = store_conv_get(st, id, c);
+	give_back(fs, st);
+	if (!rc && !c->count) {
+		store_conv_release(c);
+		rc = -ENOENT;
+	}
+	return rc == -ENOENT ? rc : (rc ? -EIO : 0);
+}
+
+static int conv_dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
+{
+	struct store_conv c;
+	int rc = get_conv(fs, (int64_t)(ino & ~INO_KIND_MASK), &c);
+
+	if (rc)
+		return rc;
+	dir_attr(fs, ino, st);
+	st->st_mtim.tv_sec = c.last_date;
+	st->st_ctim.tv_sec = c.last_date;
+	st->st_atim.tv_sec = c.last_date;
+	store_conv_release(&c);
+	return 0;
+}
+
+static size_t conv_name(char *buf, const struct store_conv *c)
+{
+	return names_conversation(buf, c->first_date, c->first_zone,
+				  c->subject, c->id);
+}
+
 /* attributes of any directory inode; -ENOENT if it does not exist */
 static int any_dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 {
@@ -194,6 +237,8 @@ static int any_dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 		dir_attr(fs, ino, st);
 		return 0;
 	}
+	if ((ino & INO_KIND_MASK) == INO_CONV_BASE)
+		return conv_dir_attr(fs, ino, st);
 	t = tree_get(fs);
 	found = tree_find(t, ino) != NULL;
 	tree_put(t);
@@ -259,9 +304,9 @@ static void reply_entry(fuse_req_t req, const struct stat *st)
 	fuse_reply_entry(req, &e);
 }
 
-/* a message file @name in folder @folder */
-static int lookup_message(struct fs *fs, int64_t folder, const char *name,
-			  struct stat *st)
+/* a message file @name in folder @folder, or in conversation @conv */
+static int lookup_message(struct fs *fs, int64_t folder, int64_t conv,
+			  const char *name, struct stat *st)
 {
 	char expect[NAMES_MAX + 1];
 	int64_t umid = names_message_umid(name);
@@ -274,11 +319,33 @@ static int lookup_message(struct fs *fs, int64_t folder, const char *name,
 	if (rc)
 		return rc;
 	names_message(expect, m.date, m.zone, m.subject, m.umid);
-	if (m.folder != folder || strcmp(expect, name))
+	if ((folder ? m.folder != folder : m.conv != conv) ||
+	    strcmp(expect, name))
 		rc = -ENOENT;
 	else
 		msg_attr(fs, &m, st);
 	store_msg_release(&m);
+	return rc;
+}
+
+static int lookup_conv(struct fs *fs, const char *name, struct stat *st)
+{
+	char expect[NAMES_MAX + 1];
+	int64_t id = names_conversation_id(name);
+	struct store_conv c;
+	int rc;
+
+	if (id <= 0)
+		return -ENOENT;
+	rc = get_conv(fs, id, &c);
+	if (rc)
+		return rc;
+	conv_name(expect, &c);
+	if (strcmp(expect, name))
+		rc = -ENOENT;
+	else
+		rc = conv_dir_attr(fs, INO_CONV_BASE + (uint64_t)id, st);
+	store_conv_release(&c);
 	return rc;
 }
 
@@ -300,8 +367,15 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		}
 		goto out;
 	}
-	if (parent == INO_CONVERSATIONS)
+	if (parent == INO_CONVERSATIONS) {
+		rc = lookup_conv(fs, name, &st);
 		goto out;
+	}
+	if (is_conv_ino(parent)) {
+		rc = lookup_message(fs, 0, (int64_t)(parent & ~INO_KIND_MASK),
+				    name, &st);
+		goto out;
+	}
 	if (parent == INO_ROOT && !strcmp(name, CONVERSATIONS_NAME)) {
 		dir_attr(fs, INO_CONVERSATIONS, &st);
 		rc = 0;
@@ -326,7 +400,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		int64_t folder = dir->folder;
 
 		tree_put(t);
-		rc = lookup_message(fs, folder, name, &st);
+		rc = lookup_message(fs, folder, 0, name, &st);
 		goto out;
 	}
 	tree_put(t);
@@ -359,8 +433,9 @@ static bool dir_add(struct dirbuf *d, const char *name, fuse_ino_t ino,
 	return true;
 }
 
+/* the messages of @folder, or of conversation @conv when @folder is 0 */
 static int add_messages(struct fs *fs, struct dirbuf *d, int64_t folder,
-			int64_t after)
+			int64_t conv, int64_t after)
 {
 	struct store_msg page[PAGE];
 	struct store *st;
@@ -372,7 +447,9 @@ static int add_messages(struct fs *fs, struct dirbuf *d, int64_t folder,
 		size_t n = 0, i;
 		bool full = false;
 
-		rc = store_msg_list(st, folder, after, PAGE, page, &n);
+		rc = folder ? store_msg_list(st, folder, after, PAGE, page, &n)
+			    : store_conv_messages(st, conv, after, PAGE, page,
+						  &n);
 		if (rc)
 			break;
 		for (i = 0; i < n; i++) {
@@ -394,6 +471,40 @@ static int add_messages(struct fs *fs, struct dirbuf *d, int64_t folder,
 	return rc ? -EIO : 0;
 }
 
+static int add_convs(struct fs *fs, struct dirbuf *d, int64_t after)
+{
+	struct store_conv page[PAGE];
+	struct store *st;
+	int rc = borrow(fs, &st);
+
+	if (rc)
+		return rc;
+	for (;;) {
+		size_t n = 0, i;
+		bool full = false;
+
+		rc = store_conv_list(st, after, PAGE, page, &n);
+		if (rc)
+			break;
+		for (i = 0; i < n; i++) {
+			char name[NAMES_MAX + 1];
+
+			after = page[i].id;
+			if (!full) {
+				conv_name(name, &page[i]);
+				full = !dir_add(d, name,
+						INO_CONV_BASE + (uint64_t)page[i].id,
+						S_IFDIR, MSG_OFF + page[i].id);
+			}
+			store_conv_release(&page[i]);
+		}
+		if (full || n < PAGE)
+			break;
+	}
+	give_back(fs, st);
+	return rc ? -EIO : 0;
+}
+
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
@@ -405,16 +516,34 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	int rc = 0;
 
 	d.buf = xmalloc(size);
-	if (ino == INO_CTL_DIR || ino == INO_CONVERSATIONS) {
+	if (ino == INO_CTL_DIR || ino == INO_CONVERSATIONS || is_conv_ino(ino)) {
 		const char *names[] = { ".", "..", "status", "ctl" };
-		const fuse_ino_t inos[] = { ino, INO_ROOT, INO_STATUS,
-					    INO_CTL };
+		const fuse_ino_t inos[] = { ino,
+					    is_conv_ino(ino) ? INO_CONVERSATIONS
+							     : INO_ROOT,
+					    INO_STATUS, INO_CTL };
 		size_t count = ino == INO_CTL_DIR ? 4 : 2;
+		off_t i;
 
-		for (off_t i = off; i < (off_t)count; i++)
+		if (is_conv_ino(ino) && off == 0) {
+			struct stat st;
+
+			rc = conv_dir_attr(fs, ino, &st);
+			if (rc)
+				goto reply;
+		}
+		for (i = off; i < (off_t)count; i++)
 			if (!dir_add(&d, names[i], inos[i],
 				     i < 2 ? S_IFDIR : S_IFREG, i + 1))
-				break;
+				goto reply;
+		if (off < MSG_OFF)
+			off = MSG_OFF;
+		if (ino == INO_CONVERSATIONS)
+			rc = add_convs(fs, &d, off - MSG_OFF);
+		else if (is_conv_ino(ino))
+			rc = add_messages(fs, &d, 0,
+					  (int64_t)(ino & ~INO_KIND_MASK),
+					  off - MSG_OFF);
 		goto reply;
 	}
 	t = tree_get(fs);
@@ -456,7 +585,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	tree_put(t);
 	t = NULL;
 	if (folder)
-		rc = add_messages(fs, &d, folder, off - MSG_OFF);
+		rc = add_messages(fs, &d, folder, 0, off - MSG_OFF);
 reply:
 	tree_put(t);
 	if (rc && !d.used)
@@ -647,6 +776,17 @@ static int xattr_value(struct fs *fs, fuse_ino_t ino, const char *name,
 		if (!rc) {
 			*value = xstrdup(f.name);
 			store_folder_release(&f);
+		}
+	} else if (!strcmp(name, xattr_names[4]) && m.conv) {
+		/* the directory name under Conversations/ */
+		struct store_conv c;
+		char buf[NAMES_MAX + 1];
+
+		rc = get_conv(fs, m.conv, &c);
+		if (!rc) {
+			conv_name(buf, &c);
+			*value = xstrdup(buf);
+			store_conv_release(&c);
 		}
 	} else {
 		rc = -ENODATA;

@@ -220,9 +220,25 @@ static int sync_round(struct sync *s)
 	return rc;
 }
 
+/* messages without a conversation: from an older store, or a threading
+ * that failed; a message fails alone, so stop when a round makes none */
+static void thread_leftovers(struct sync *s)
+{
+	size_t done;
+
+	do {
+		if (thread_backlog(s->st, SYNC_BATCH, &done))
+			break;
+		if (done)
+			sync_notify(s, SYNC_MESSAGES, 0);
+	} while (done && !sync_is_stopping(s));
+}
+
 static void *sync_main(void *arg)
 {
 	struct sync *s = arg;
+
+	thread_leftovers(s);
 
 	while (!sync_is_stopping(s)) {
 		int rc;

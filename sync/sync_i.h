@@ -68,10 +68,10 @@ struct conn {
 
 /*
  * conn_open - connect, TLS (implicit, or STARTTLS required for imap://),
- * read the greeting, LOGIN (a server that advertises LOGINDISABLED is
- * refused with a clear line: libetpan's AUTHENTICATE needs SASL plugins),
- * then probe capabilities again. User and password with CR, LF or NUL
- * are refused (-EINVAL) before anything is sent. On failure one clear
+ * read the greeting, LOGIN (AUTHENTICATE PLAIN with cfg->auth_plain or
+ * when the server says LOGINDISABLED), then probe capabilities again.
+ * User and password with CR, LF or NUL are refused (-EINVAL) before
+ * anything is sent. On failure one clear
  * line is in @err and the return is as for sync_new().
  */
 int conn_open(const struct sync_config *cfg, struct conn **out, char *err,
