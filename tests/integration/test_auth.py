@@ -7,13 +7,16 @@ import os
 import socket
 import ssl
 import threading
+import time
 
 import harness
 
 
 class RecordingRelay:
     """Terminates TLS with the server's own certificate, opens TLS to
-    Dovecot, and keeps every byte the client sent."""
+    Dovecot, and keeps every byte the client sent. Setting .stall holds
+    every byte in both directions (a server that stops answering with the
+    connection still open)."""
 
     def __init__(self, dovecot):
         self.dovecot = dovecot
@@ -28,6 +31,7 @@ class RecordingRelay:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.stopping = False
+        self.stall = False
         self.threads = [threading.Thread(target=self._accept, daemon=True)]
         self.threads[0].start()
 
@@ -49,6 +53,8 @@ class RecordingRelay:
                 if record:
                     with self.lock:
                         self.sent += data
+                while self.stall and not self.stopping:
+                    time.sleep(0.05)
                 dst.sendall(data)
         except OSError:
             pass
