@@ -259,11 +259,11 @@ static void put_message(struct batch *b, struct parsed *p)
 	m->references = p->mf.references;
 	m->in_reply_to = p->mf.in_reply_to;
 	rc = tx_begin(b);
-	if (!rc)
-		rc = store_msg_put(b->s->st, m);
 	/* a new message joins its conversation in the same transaction */
-	if (!rc && b->mode != BATCH_FLAGS)
-		rc = thread_message(b->s->st, m);
+	if (!rc && b->mode == BATCH_FLAGS)
+		rc = store_msg_put(b->s->st, m);
+	else if (!rc)
+		rc = thread_put(b->s->st, m);
 	m->message_id = m->subject = m->from = NULL;
 	m->references = m->in_reply_to = NULL;
 	if (rc) {

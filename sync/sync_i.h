@@ -167,6 +167,16 @@ struct store_msg;
 int thread_message(struct store *st, const struct store_msg *m);
 
 /*
+ * thread_put - store message @m as store_msg_put does (insert, or update
+ * the flags of the row already there; sets @m->umid and @m->conv) and
+ * put it into its conversation as thread_message does, in the caller's
+ * transaction or in its own if none is open. This is the call for a new
+ * message. A failure inside the caller's transaction: roll it back.
+ * Returns 0 or -errno from the store.
+ */
+int thread_put(struct store *st, struct store_msg *m);
+
+/*
  * thread_backlog - thread up to @max messages that have no conversation
  * (left by an older store version or a failed thread_message), oldest
  * umid first; *@done says how many were threaded. Call it in a loop

@@ -238,6 +238,15 @@ out_free:
 	return rc;
 }
 
+int thread_put(struct store *st, struct store_msg *m)
+{
+	int rc = store_msg_put(st, m);
+
+	if (!rc)
+		rc = thread_message(st, m);
+	return rc;
+}
+
 #define BACKLOG_CHUNK 256
 
 int thread_backlog(struct store *st, size_t max, size_t *done)
