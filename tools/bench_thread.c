@@ -1,11 +1,17 @@
 /*
  * bench_thread.c - messages threaded per second: generates synthetic
  * mail (threads of varying size and depth with References chains as
- * mailers write them), stores it in a fresh temporary store with
- * store_msg_put + thread_message, 1000 messages per transaction, as the
- * sync does, and prints the rate. The CPU time spent inside
- * thread_message is measured apart, to give the threading-only rate, and
- * a first run without threading gives the store's own share.
+ * mailers write them), stores it in a fresh temporary store, 1000
+ * messages per transaction, as the sync does, and prints the rates.
+ *
+ * Three passes over the same mail, each into a new store:
+ *   put      store_msg_put only: the store's own share
+ *   put+thr  store_msg_put then thread_message: the threader measured
+ *            apart (the CPU time inside thread_message)
+ *   sync     thread_put, the one call the sync makes per new message
+ * Each reports wall time, the process's CPU time
+ * (CLOCK_PROCESS_CPUTIME_ID) and the part of both spent in commits,
+ * where the WAL is written and synced.
  *
  * usage: bench_thread [MESSAGES [newest-first]]
  *   MESSAGES defaults to 100000; "newest-first" stores them in reverse
@@ -20,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -162,34 +167,28 @@ static double clock_s(clockid_t id)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* CPU time of the process, user and system */
-static double cpu_now(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
-
 static int rm_entry(const char *path, const struct stat *st, int flag,
 		    struct FTW *ftw)
 {
 	return remove(path);
 }
 
+enum pass { PASS_PUT, PASS_PUT_THREAD, PASS_SYNC };
+
 struct result {
 	double wall, cpu; /* the whole loop, commits included */
 	double thread_wall, thread_cpu; /* inside thread_message */
-	double commit_wall; /* inside store_commit */
+	double commit_wall, commit_cpu; /* inside store_commit */
 	size_t nconv;
 };
 
+#define CPU CLOCK_PROCESS_CPUTIME_ID
+#define WALL CLOCK_MONOTONIC
+
 /*
- * Store @v in a fresh store, threading each message if @thread, and
- * measure it into @r.
+ * Store @v in a fresh store as pass @pass says, and measure it into @r.
  */
-static int run(const struct gen *v, size_t n, bool reverse, bool thread,
+static int run(const struct gen *v, size_t n, bool reverse, enum pass pass,
 	       struct result *r)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -224,8 +223,8 @@ static int run(const struct gen *v, size_t n, bool reverse, bool thread,
 			return 1;
 	}
 
-	t0 = clock_s(CLOCK_MONOTONIC);
-	c0 = cpu_now();
+	t0 = clock_s(WALL);
+	c0 = clock_s(CPU);
 	for (i = 0; i < n && !rc; i++) {
 		const struct gen *g = &v[reverse ? n - 1 - i : i];
 		struct store_msg m = {
@@ -244,32 +243,34 @@ static int run(const struct gen *v, size_t n, bool reverse, bool thread,
 
 		if (i % BATCH == 0)
 			rc = store_begin(s);
-		if (!rc)
+		if (!rc && pass == PASS_SYNC)
+			rc = thread_put(s, &m);
+		else if (!rc)
 			rc = store_msg_put(s, &m);
-		if (!rc && thread) {
-			double w = clock_s(CLOCK_MONOTONIC);
-			double c = clock_s(CLOCK_THREAD_CPUTIME_ID);
+		if (!rc && pass == PASS_PUT_THREAD) {
+			double w = clock_s(WALL), c = clock_s(CPU);
 
 			rc = thread_message(s, &m);
-			r->thread_cpu += clock_s(CLOCK_THREAD_CPUTIME_ID) - c;
-			r->thread_wall += clock_s(CLOCK_MONOTONIC) - w;
+			r->thread_cpu += clock_s(CPU) - c;
+			r->thread_wall += clock_s(WALL) - w;
 		}
 		if (!rc && (i % BATCH == BATCH - 1 || i == n - 1)) {
-			double w = clock_s(CLOCK_MONOTONIC);
+			double w = clock_s(WALL), c = clock_s(CPU);
 
 			rc = store_commit(s);
-			r->commit_wall += clock_s(CLOCK_MONOTONIC) - w;
+			r->commit_cpu += clock_s(CPU) - c;
+			r->commit_wall += clock_s(WALL) - w;
 		}
 	}
-	r->wall = clock_s(CLOCK_MONOTONIC) - t0;
-	r->cpu = cpu_now() - c0;
+	r->wall = clock_s(WALL) - t0;
+	r->cpu = clock_s(CPU) - c0;
 	if (rc) {
 		fprintf(stderr, "failed at message %zu: %s\n", i,
 			strerror(-rc));
 		return 1;
 	}
 
-	if (thread) {
+	if (pass != PASS_PUT) {
 		struct store_conv c[256];
 		int64_t after = 0;
 		size_t got, k;
@@ -289,12 +290,21 @@ static int run(const struct gen *v, size_t n, bool reverse, bool thread,
 	return 0;
 }
 
+static void report(const char *what, const struct result *r, double n)
+{
+	printf("%-8s %6.2f s wall = %6.0f msg/s, %6.2f s CPU = %6.0f msg/s "
+	       "per core; commits %.2f s wall (%2.0f%%), %.2f s CPU (%2.0f%%)\n",
+	       what, r->wall, n / r->wall, r->cpu, n / r->cpu, r->commit_wall,
+	       100 * r->commit_wall / r->wall, r->commit_cpu,
+	       100 * r->commit_cpu / r->cpu);
+}
+
 int main(int argc, char **argv)
 {
 	size_t n = argc > 1 ? strtoul(argv[1], NULL, 10) : 100000;
 	bool reverse = argc > 2 && !strcmp(argv[2], "newest-first");
 	size_t nthreads, i, refs = 0;
-	struct result put, thr;
+	struct result put, thr, syn;
 	struct gen *v;
 	double dn;
 
@@ -310,28 +320,30 @@ int main(int argc, char **argv)
 		for (const char *q = v[i].refs; q && (q = strchr(q, '<')); q++)
 			refs++;
 
-	/* the store alone first, so its share can be told apart */
-	if (run(v, n, reverse, false, &put))
+	if (run(v, n, reverse, PASS_PUT, &put) ||
+	    run(v, n, reverse, PASS_PUT_THREAD, &thr) ||
+	    run(v, n, reverse, PASS_SYNC, &syn))
 		return 1;
-	if (run(v, n, reverse, true, &thr))
+	if (thr.nconv != syn.nconv) {
+		fprintf(stderr, "thread_put made %zu conversations, "
+				"thread_message %zu\n",
+			syn.nconv, thr.nconv);
 		return 1;
+	}
 
 	printf("generated: %zu messages in %zu threads, %.1f References ids "
-	       "per message, %s order -> %zu conversations\n",
+	       "per message, %s order -> %zu conversations; batches of %d\n",
 	       n, nthreads, (double)refs / dn,
-	       reverse ? "newest-first" : "date", thr.nconv);
-	printf("threading: %zu messages in %.2f s = %.0f messages/s "
-	       "(store_msg_put + thread_message, batches of %d)\n",
-	       n, thr.wall, dn / thr.wall, BATCH);
-	printf("  CPU: %.2f s = %.0f messages/s per core; %.2f s waiting "
-	       "in commits\n",
-	       thr.cpu, dn / thr.cpu, thr.commit_wall);
-	printf("thread_message alone: %.2f s CPU = %.0f messages/s per core "
-	       "(%.2f s wall)\n",
+	       reverse ? "newest-first" : "date", syn.nconv, BATCH);
+	report("put", &put, dn);
+	report("put+thr", &thr, dn);
+	report("sync", &syn, dn);
+	printf("thread_message alone (in put+thr): %.2f s CPU = %.0f msg/s "
+	       "per core (%.2f s wall)\n",
 	       thr.thread_cpu, dn / thr.thread_cpu, thr.thread_wall);
-	printf("store_msg_put alone, no threading: %.2f s = %.0f messages/s "
-	       "(%.2f s CPU = %.0f messages/s per core)\n",
-	       put.wall, dn / put.wall, put.cpu, dn / put.cpu);
+	printf("messages threaded per second, as the sync stores them "
+	       "(thread_put): %.0f wall, %.0f per core\n",
+	       dn / syn.wall, dn / syn.cpu);
 	for (i = 0; i < n; i++)
 		free(v[i].refs);
 	free(v);
