@@ -40,6 +40,11 @@ struct stmt_def {
 	"coalesce(o.first_message_id, ''), o.first_umid) < (t.first_date, "  \
 	"coalesce(t.first_message_id, ''), t.first_umid)))"
 
+/* whether the message of ST_CONV_ENTER is the conversation's earliest */
+#define CONV_M_FIRST                                                        \
+	"(count = 0 OR (?2, coalesce(?6, ''), ?5) < (first_date, "          \
+	"coalesce(first_message_id, ''), first_umid))"
+
 /* Every statement of the store; the column orders are relied on by the
  * readers in folders.c, messages.c and bodies.c. */
 /* clang-format off */
@@ -70,14 +75,29 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"SELECT count(*) FROM messages WHERE folder = ?1" },
 	[ST_FLAGSET_ADD] = { "flagset_add",
 		"INSERT OR IGNORE INTO flagsets (flags, refs) VALUES (?1, 0)" },
-	/* the triggers of the schema keep flagsets.refs right on both paths */
+	[ST_FLAGSET_ID] = { "flagset_id",
+		"SELECT id FROM flagsets WHERE flags = ?1" },
+	[ST_FLAGSET_REF] = { "flagset_ref",
+		"UPDATE flagsets SET refs = refs + 1 WHERE id = ?1" },
+	/*
+	 * No trigger fires on insert (schema version 3): store_msg_put
+	 * counts the new row into its flag set and conversation itself.
+	 * An INSERT that writes one table and its indexes needs no
+	 * statement journal; with triggers, each one copied every page it
+	 * touched. Not RETURNING: that costs an ephemeral table; the new
+	 * umid is last_insert_rowid().
+	 */
 	[ST_MSG_PUT] = { "msg_put",
 		"INSERT INTO messages (folder, uid, conv, flagset, date, zone, "
 		"size, message_id, subject, sender, refs, in_reply_to) "
-		"VALUES (?1, ?2, ?3, (SELECT id FROM flagsets WHERE flags = ?4), "
-		"?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) "
-		"ON CONFLICT (folder, uid) DO UPDATE SET flagset = excluded.flagset "
-		"RETURNING umid" },
+		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) "
+		"ON CONFLICT (folder, uid) DO NOTHING" },
+	[ST_MSG_LOCATE] = { "msg_locate",
+		"SELECT umid, conv, flagset FROM messages "
+		"WHERE folder = ?1 AND uid = ?2" },
+	/* the schema's trigger keeps flagsets.refs right */
+	[ST_MSG_SET_FLAGSET] = { "msg_set_flagset",
+		"UPDATE messages SET flagset = ?2 WHERE umid = ?1" },
 	[ST_MSG_GET] = { "msg_get",
 		"SELECT " MSG_COLUMNS "WHERE m.umid = ?1" },
 	[ST_MSG_FIND_UID] = { "msg_find_uid",
@@ -126,8 +146,26 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 	/* empty: the message entering it fills it in (schema.c's triggers) */
 	[ST_CONV_NEW] = { "conv_new",
 		"INSERT INTO conversations DEFAULT VALUES" },
+	/*
+	 * Message ?5 (date ?2, subject ?3, zone ?4, Message-ID ?6), just
+	 * inserted into conversation ?1, counts in it, and becomes its
+	 * earliest message if it sorts first or the conversation was empty:
+	 * what the trigger messages_conv_set does for an attach.
+	 */
+	[ST_CONV_ENTER] = { "conv_enter",
+		"UPDATE conversations SET count = count + 1, "
+		"last_date = iif(count = 0, ?2, max(last_date, ?2)), "
+		"subject = iif(" CONV_M_FIRST ", ?3, subject), "
+		"first_date = iif(" CONV_M_FIRST ", ?2, first_date), "
+		"first_zone = iif(" CONV_M_FIRST ", ?4, first_zone), "
+		"first_umid = iif(" CONV_M_FIRST ", ?5, first_umid), "
+		"first_message_id = iif(" CONV_M_FIRST ", ?6, first_message_id) "
+		"WHERE id = ?1" },
+	/* the References and In-Reply-To of a row are kept only until it is
+	 * threaded (schema version 3) */
 	[ST_CONV_SET_MSG] = { "conv_set_msg",
-		"UPDATE messages SET conv = ?2 WHERE umid = ?1 AND conv IS NULL" },
+		"UPDATE messages SET conv = ?2, refs = NULL, in_reply_to = NULL "
+		"WHERE umid = ?1 AND conv IS NULL" },
 	[ST_CONV_ADD_ID] = { "conv_add_id",
 		"INSERT INTO header_ids (hash, conv) VALUES (?1, ?2) "
 		"ON CONFLICT (hash) DO UPDATE SET conv = excluded.conv" },
@@ -304,6 +342,7 @@ int store_begin(struct store *s)
 	 * long sync batch may take longer than that, so try a few times
 	 * before giving up on the write.
 	 */
+	store_flagset_forget(s);
 	for (tries = 0; tries < 3; tries++) {
 		rc = store_exec(s, ST_BEGIN);
 		if (rc != -EBUSY)
@@ -314,11 +353,13 @@ int store_begin(struct store *s)
 
 int store_commit(struct store *s)
 {
+	store_flagset_forget(s);
 	return store_exec(s, ST_COMMIT);
 }
 
 void store_rollback(struct store *s)
 {
+	store_flagset_forget(s);
 	/* SQLite may have rolled back already (after SQLITE_FULL, say) */
 	if (!sqlite3_get_autocommit(s->db))
 		store_exec(s, ST_ROLLBACK);

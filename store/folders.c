@@ -161,6 +161,8 @@ int store_folder_delete(struct store *s, int64_t id)
 	rc = store_tx_own(s, &own);
 	if (rc)
 		return rc;
+	/* flag sets may go with the messages */
+	store_flagset_forget(s);
 	rc = folder_bodies_delete(s, id);
 	if (rc)
 		goto out;

@@ -97,17 +97,130 @@ static char *flags_canonical(const char *flags)
 	return out;
 }
 
-static int flagset_add(struct store *s, const char *flags)
+void store_flagset_forget(struct store *s)
 {
+	while (s->nflagset)
+		free(s->flagset[--s->nflagset].flags);
+	s->flagset_next = 0;
+}
+
+/* the id of flag set @flags (canonical), the row made if missing; inside
+ * a write transaction, which keeps it from going before it is used */
+static int flagset_id(struct store *s, const char *flags, int64_t *id)
+{
+	struct store_flagset_id *c;
 	sqlite3_stmt *st;
+	size_t i;
 	int rc;
 
+	for (i = 0; i < s->nflagset; i++) {
+		if (!strcmp(s->flagset[i].flags, flags)) {
+			*id = s->flagset[i].id;
+			return 0;
+		}
+	}
 	rc = store_prepare(s, ST_FLAGSET_ADD, &st);
 	if (rc)
 		return rc;
 	store_bind_text(st, 1, flags);
 	rc = sqlite3_step(st);
 	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_FLAGSET_ADD, rc);
+	store_done(st);
+	if (rc)
+		return rc;
+	rc = store_prepare(s, ST_FLAGSET_ID, &st);
+	if (rc)
+		return rc;
+	store_bind_text(st, 1, flags);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*id = sqlite3_column_int64(st, 0);
+		rc = 0;
+	} else {
+		rc = store_fail(s, ST_FLAGSET_ID, rc == SQLITE_DONE ?
+				SQLITE_INTERNAL : rc);
+	}
+	store_done(st);
+	if (rc)
+		return rc;
+
+	if (s->nflagset < STORE_FLAGSET_CACHE) {
+		c = &s->flagset[s->nflagset++];
+	} else {
+		c = &s->flagset[s->flagset_next];
+		s->flagset_next = (s->flagset_next + 1) % STORE_FLAGSET_CACHE;
+		free(c->flags);
+	}
+	c->flags = xstrdup(flags);
+	c->id = *id;
+	return 0;
+}
+
+/*
+ * The new row @m (umid set) counts in its flag set @flagset and, if it
+ * has one, its conversation: what triggers did before schema version 3,
+ * in statements that need no statement journal.
+ */
+static int msg_count_in(struct store *s, const struct store_msg *m,
+			int64_t flagset)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_exec_id(s, ST_FLAGSET_REF, flagset);
+	if (rc || !m->conv)
+		return rc;
+	rc = store_prepare(s, ST_CONV_ENTER, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, m->conv);
+	sqlite3_bind_int64(st, 2, m->date);
+	store_bind_text(st, 3, m->subject);
+	sqlite3_bind_int(st, 4, m->zone);
+	sqlite3_bind_int64(st, 5, m->umid);
+	store_bind_text(st, 6, m->message_id);
+	rc = sqlite3_step(st);
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_CONV_ENTER, rc);
+	store_done(st);
+	return rc;
+}
+
+/* (@m->folder, @m->uid) is stored already: set its umid and conv in @m,
+ * and its flag set to @flagset */
+static int msg_update(struct store *s, struct store_msg *m, int64_t flagset)
+{
+	sqlite3_stmt *st;
+	int64_t old = 0;
+	int rc;
+
+	rc = store_prepare(s, ST_MSG_LOCATE, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, m->folder);
+	sqlite3_bind_int64(st, 2, m->uid);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		m->umid = sqlite3_column_int64(st, 0);
+		m->conv = sqlite3_column_int64(st, 1); /* NULL reads as 0 */
+		old = sqlite3_column_int64(st, 2);
+		rc = 0;
+	} else {
+		/* it was there a moment ago, in this transaction */
+		rc = store_fail(s, ST_MSG_LOCATE, rc == SQLITE_DONE ?
+				SQLITE_INTERNAL : rc);
+	}
+	store_done(st);
+	if (rc || old == flagset)
+		return rc;
+	/* the old flag set may go with its last message */
+	store_flagset_forget(s);
+	rc = store_prepare(s, ST_MSG_SET_FLAGSET, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, m->umid);
+	sqlite3_bind_int64(st, 2, flagset);
+	rc = sqlite3_step(st);
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_MSG_SET_FLAGSET, rc);
 	store_done(st);
 	return rc;
 }
@@ -116,18 +229,20 @@ int store_msg_put(struct store *s, struct store_msg *m)
 {
 	const char *given = m->flags ? m->flags : "";
 	char *flags = flags_canonical(given);
+	int64_t flagset = 0;
 	sqlite3_stmt *st;
 	bool own;
 	int rc;
 
 	/*
-	 * Alone, the two statements need a transaction: between them
-	 * another connection could drop the flag set as its refs reach 0.
+	 * Alone, the statements need a transaction: between them another
+	 * connection could drop the flag set as its refs reach 0, and the
+	 * counts must move with the row.
 	 */
 	rc = store_tx_own(s, &own);
 	if (rc)
 		goto out_free;
-	rc = flagset_add(s, flags);
+	rc = flagset_id(s, flags, &flagset);
 	if (rc)
 		goto out_tx;
 	rc = store_prepare(s, ST_MSG_PUT, &st);
@@ -139,23 +254,28 @@ int store_msg_put(struct store *s, struct store_msg *m)
 		sqlite3_bind_int64(st, 3, m->conv);
 	else
 		sqlite3_bind_null(st, 3);
-	store_bind_text(st, 4, flags);
+	sqlite3_bind_int64(st, 4, flagset);
 	sqlite3_bind_int64(st, 5, m->date);
 	sqlite3_bind_int(st, 6, m->zone);
 	sqlite3_bind_int64(st, 7, (int64_t)m->size);
 	store_bind_text(st, 8, m->message_id);
 	store_bind_text(st, 9, m->subject);
 	store_bind_text(st, 10, m->from);
-	store_bind_text(st, 11, m->references);
-	store_bind_text(st, 12, m->in_reply_to);
+	/* only the threader reads them, and only from a row it has not
+	 * threaded yet */
+	store_bind_text(st, 11, m->conv ? NULL : m->references);
+	store_bind_text(st, 12, m->conv ? NULL : m->in_reply_to);
 	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		m->umid = sqlite3_column_int64(st, 0);
-		rc = 0;
-	} else {
-		rc = store_fail(s, ST_MSG_PUT, rc);
-	}
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_MSG_PUT, rc);
 	store_done(st);
+	if (rc)
+		goto out_tx;
+	if (sqlite3_changes(s->db) == 1) {
+		m->umid = sqlite3_last_insert_rowid(s->db);
+		rc = msg_count_in(s, m, flagset);
+	} else {
+		rc = msg_update(s, m, flagset);
+	}
 out_tx:
 	rc = store_tx_end(s, own, rc);
 out_free:
@@ -232,6 +352,8 @@ int store_msg_delete(struct store *s, int64_t umid)
 	rc = store_tx_own(s, &own);
 	if (rc)
 		return rc;
+	/* its flag set may go with it */
+	store_flagset_forget(s);
 	/* file first: a rollback then leaves a row without a file, which
 	 * counts as not cached, never a file nobody accounts for */
 	store_body_unlink(s, umid);

@@ -208,6 +208,23 @@ static const char *const migrations[] = {
 	"  DELETE FROM conversations WHERE id = old.conv AND NOT EXISTS"
 	"    (SELECT 1 FROM messages WHERE conv = old.conv);"
 	"END;",
+
+	/*
+	 * 3: storing a message writes its row once. A trigger on INSERT
+	 * made every insert keep a statement journal (a copy of each page
+	 * it touched); store_msg_put now counts a new row into its flag set
+	 * and conversation with statements of its own, so the two insert
+	 * triggers go. Attach and delete keep theirs.
+	 */
+	"DROP TRIGGER messages_flagset_insert;"
+	"DROP TRIGGER messages_conv_insert;"
+	/* nothing searches messages by Message-ID (header_ids does the
+	 * threading), and each insert paid for the index */
+	"DROP INDEX messages_message_id;"
+	/* References and In-Reply-To serve only to thread a message: a row
+	 * keeps them until it has a conversation */
+	"UPDATE messages SET refs = NULL, in_reply_to = NULL "
+	"WHERE conv IS NOT NULL AND (refs IS NOT NULL OR in_reply_to IS NOT NULL);",
 };
 /* clang-format on */
 

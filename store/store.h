@@ -52,8 +52,11 @@ struct store_msg {
 	char *message_id; /* owned, may be NULL: Message-ID with <> */
 	char *subject; /* owned, may be NULL: decoded UTF-8 */
 	char *from; /* owned, may be NULL: decoded UTF-8 */
-	char *references; /* owned, may be NULL: raw References value */
-	char *in_reply_to; /* owned, may be NULL: raw In-Reply-To value */
+	/* raw References and In-Reply-To values (owned, may be NULL): kept
+	 * only while the message has no conversation, for the threader;
+	 * NULL when read back from a threaded message */
+	char *references;
+	char *in_reply_to;
 };
 
 /*
@@ -115,7 +118,11 @@ int store_folder_count(struct store *s, int64_t id, uint64_t *n);
  * store_msg_put - insert message (@m->folder, @m->uid), or update the
  * flags of the existing row (everything else of a message is immutable).
  * On insert a new umid is allocated (never reused, never below
- * STORE_FIRST_UMID). Sets @m->umid either way.
+ * STORE_FIRST_UMID) and the row joins conversation @m->conv (0 for
+ * none; it must exist), counted into it at once. Sets @m->umid either
+ * way, and @m->conv to the conversation of an existing row (0 for none).
+ * Opens its own transaction if none is open; a failure inside the
+ * caller's transaction may leave counts half done: roll it back.
  */
 int store_msg_put(struct store *s, struct store_msg *m);
 

@@ -24,7 +24,11 @@ enum store_stmt {
 	ST_FOLDER_SET_SYNC,
 	ST_FOLDER_COUNT,
 	ST_FLAGSET_ADD,
+	ST_FLAGSET_ID,
+	ST_FLAGSET_REF,
 	ST_MSG_PUT,
+	ST_MSG_LOCATE,
+	ST_MSG_SET_FLAGSET,
 	ST_MSG_GET,
 	ST_MSG_FIND_UID,
 	ST_MSG_DELETE,
@@ -46,6 +50,7 @@ enum store_stmt {
 	ST_CONV_OF_MSG,
 	ST_CONV_LOOKUP,
 	ST_CONV_NEW,
+	ST_CONV_ENTER,
 	ST_CONV_SET_MSG,
 	ST_CONV_ADD_ID,
 	ST_CONV_MERGE_STATS,
@@ -63,6 +68,14 @@ struct store_touch {
 	int64_t when_ms; /* Unix time in ms of the read */
 };
 
+/* flag sets whose id a connection remembers, within one transaction */
+#define STORE_FLAGSET_CACHE 16
+
+struct store_flagset_id {
+	char *flags; /* owned: canonical flags */
+	int64_t id;
+};
+
 struct store {
 	sqlite3 *db;
 	char *dir; /* owned: canonical path of the store directory */
@@ -72,6 +85,16 @@ struct store {
 	struct store_touch touch[STORE_TOUCH_MAX];
 	size_t ntouch;
 	long long touch_first_ms; /* monotonic time of touch[0] */
+	/*
+	 * flag set ids looked up in the open write transaction. A flag set
+	 * row goes when its last message leaves it, so the cache is
+	 * emptied wherever that can happen: at each transaction's start and
+	 * end, and by every call that deletes messages or changes the flag
+	 * set of a stored one (store_flagset_forget).
+	 */
+	struct store_flagset_id flagset[STORE_FLAGSET_CACHE];
+	size_t nflagset;
+	size_t flagset_next; /* the slot to reuse when full */
 };
 
 /* busy_timeout of every connection, in ms */
@@ -165,6 +188,9 @@ int store_body_unlink(struct store *s, int64_t umid);
  * stay pending). Best effort: failures are logged at debug level only.
  */
 void store_touch_flush(struct store *s, bool wait);
+
+/* store_flagset_forget - empty @s's cache of flag set ids */
+void store_flagset_forget(struct store *s);
 
 /* store_now_ms - wall clock as Unix time in milliseconds */
 int64_t store_now_ms(void);

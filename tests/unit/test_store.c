@@ -595,6 +595,181 @@ static int test_flagsets(void)
 	return 0;
 }
 
+/* one transaction: a flag set that goes with its last message is made
+ * again when a later message takes it, never pointed at while gone */
+static int test_flagsets_in_tx(void)
+{
+	char *dir = test_dir("flagsets-tx");
+	struct store *s;
+	int64_t folder, a, b;
+	sqlite3 *db;
+
+	CHECK_RC(store_open(dir, &s), 0);
+	db = raw_open(dir);
+	folder = add_folder(s, "INBOX");
+	CHECK_RC(store_begin(s), 0);
+	CHECK_RC(put_msg(s, folder, 1, "$Once", &a), 0);
+	CHECK_RC(put_msg(s, folder, 1, "\\Seen", NULL), 0);
+	CHECK_RC(put_msg(s, folder, 2, "$Once", &b), 0);
+	CHECK_RC(put_msg(s, folder, 3, "$Once", NULL), 0);
+	CHECK_RC(store_msg_delete(s, b), 0);
+	CHECK_RC(put_msg(s, folder, 4, "$Once", NULL), 0);
+	CHECK_RC(store_commit(s), 0);
+	CHECK(raw_int(db,
+		      "SELECT refs FROM flagsets WHERE flags = '$Once'", 0) ==
+	      2);
+	CHECK(raw_int(db,
+		      "SELECT count(*) FROM messages m WHERE NOT EXISTS "
+		      "(SELECT 1 FROM flagsets f WHERE f.id = m.flagset)",
+		      0) == 0);
+	CHECK(raw_int(db,
+		      "SELECT count(*) FROM flagsets f WHERE refs != "
+		      "(SELECT count(*) FROM messages m "
+		      "WHERE m.flagset = f.id) AND refs > 0",
+		      0) == 0);
+	(void)a;
+	sqlite3_close(db);
+	store_close(s);
+	free(dir);
+	return 0;
+}
+
+/*
+ * A database of schema version 2, made from a current one by putting
+ * back what version 3 took away (the insert triggers as version 2 wrote
+ * them, the Message-ID index, the References kept on threaded rows),
+ * migrates to version 3 with its counts and ids intact.
+ */
+#define V2_CONV_FIRST                                                   \
+	"(count = 0 OR (new.date, coalesce(new.message_id, ''), new.umid)" \
+	" < (first_date, coalesce(first_message_id, ''), first_umid))"
+
+static const char v2_schema[] =
+	"DROP INDEX IF EXISTS messages_message_id;"
+	"CREATE INDEX messages_message_id ON messages (message_id);"
+	"CREATE TRIGGER messages_flagset_insert AFTER INSERT ON messages "
+	"BEGIN"
+	"  UPDATE flagsets SET refs = refs + 1 WHERE id = new.flagset;"
+	"END;"
+	"CREATE TRIGGER messages_conv_insert AFTER INSERT ON messages "
+	"WHEN new.conv IS NOT NULL "
+	"BEGIN"
+	"  UPDATE conversations SET"
+	"    count = count + 1,"
+	"    last_date = iif(count = 0, new.date, max(last_date, new.date)),"
+	"    subject = iif(" V2_CONV_FIRST ", new.subject, subject),"
+	"    first_date = iif(" V2_CONV_FIRST ", new.date, first_date),"
+	"    first_zone = iif(" V2_CONV_FIRST ", new.zone, first_zone),"
+	"    first_umid = iif(" V2_CONV_FIRST ", new.umid, first_umid),"
+	"    first_message_id = iif(" V2_CONV_FIRST ", new.message_id,"
+	"      first_message_id)"
+	"  WHERE id = new.conv;"
+	"END;"
+	"UPDATE messages SET refs = '<root@v2>', in_reply_to = '<root@v2>' "
+	"WHERE conv IS NOT NULL;"
+	"PRAGMA user_version = 2;";
+
+static int test_migrate_v2(void)
+{
+	char *dir = test_dir("migrate-v2");
+	struct store_msg m = { 0 };
+	struct store_conv c;
+	struct store *s;
+	int64_t folder, conv, lone;
+	sqlite3 *db;
+
+	CHECK_RC(store_open(dir, &s), 0);
+	folder = add_folder(s, "INBOX");
+	CHECK_RC(store_conv_new(s, &conv), 0);
+	m.folder = folder;
+	m.flags = (char *)"\\Seen";
+	m.conv = conv;
+	m.uid = 1;
+	m.date = 200;
+	m.subject = (char *)"first";
+	m.message_id = (char *)"<root@v2>";
+	CHECK_RC(store_msg_put(s, &m), 0);
+	/* one left unthreaded, as version 1 left every message */
+	CHECK_RC(put_msg(s, folder, 2, "\\Seen", &lone), 0);
+	store_close(s);
+
+	db = raw_open(dir);
+	CHECK(raw_exec(db, v2_schema) == SQLITE_OK);
+	/* a version 2 insert: its triggers count the row */
+	CHECK(raw_exec(db,
+		       "INSERT INTO messages (folder, uid, conv, flagset, date, "
+		       "message_id, subject, refs, in_reply_to) "
+		       "SELECT folder, 3, conv, flagset, 100, '<reply@v2>', "
+		       "'earlier', '<root@v2>', '<root@v2>' FROM messages "
+		       "WHERE uid = 1") == SQLITE_OK);
+	CHECK(raw_exec(db, "UPDATE messages SET refs = '<x@v2>' "
+			   "WHERE conv IS NULL") == SQLITE_OK);
+	CHECK(raw_int(db, "SELECT count FROM conversations WHERE id = ?",
+		      conv) == 2);
+	CHECK(raw_int(db, "SELECT refs FROM flagsets WHERE flags = '\\Seen'",
+		      0) == 3);
+	CHECK(raw_int(db, "PRAGMA user_version", 0) == 2);
+
+	CHECK_RC(store_open(dir, &s), 0);
+	CHECK(raw_int(db, "PRAGMA user_version", 0) == 3);
+	CHECK(raw_int(db,
+		      "SELECT count(*) FROM sqlite_master WHERE name IN "
+		      "('messages_flagset_insert', 'messages_conv_insert', "
+		      "'messages_message_id')",
+		      0) == 0);
+	/* the triggers of attach and delete stay */
+	CHECK(raw_int(db,
+		      "SELECT count(*) FROM sqlite_master WHERE name IN "
+		      "('messages_conv_set', 'messages_conv_delete', "
+		      "'messages_flagset_update', 'messages_flagset_delete')",
+		      0) == 4);
+	/* threaded rows lose References and In-Reply-To, the rest keep
+	 * them for the threader */
+	CHECK(raw_int(db,
+		      "SELECT count(*) FROM messages WHERE conv IS NOT NULL "
+		      "AND (refs IS NOT NULL OR in_reply_to IS NOT NULL)",
+		      0) == 0);
+	CHECK(raw_int(db, "SELECT count(*) FROM messages WHERE umid = ? "
+			  "AND refs = '<x@v2>'",
+		      lone) == 1);
+	CHECK_RC(store_conv_get(s, conv, &c), 0);
+	CHECK(c.count == 2 && c.first_date == 100 && c.last_date == 200);
+	CHECK(c.subject && !strcmp(c.subject, "earlier"));
+	store_conv_release(&c);
+
+	/* counted once after the migration, not by a trigger as well */
+	memset(&m, 0, sizeof(m));
+	m.folder = folder;
+	m.flags = (char *)"\\Seen";
+	m.conv = conv;
+	m.uid = 4;
+	m.date = 300;
+	m.subject = (char *)"later";
+	m.message_id = (char *)"<later@v2>";
+	m.references = (char *)"<root@v2>";
+	CHECK_RC(store_msg_put(s, &m), 0);
+	CHECK(m.conv == conv);
+	CHECK_RC(store_conv_get(s, conv, &c), 0);
+	CHECK(c.count == 3 && c.first_date == 100 && c.last_date == 300);
+	store_conv_release(&c);
+	CHECK(raw_int(db, "SELECT refs FROM flagsets WHERE flags = '\\Seen'",
+		      0) == 4);
+	CHECK(raw_int(db, "SELECT count(*) FROM messages WHERE umid = ? "
+			  "AND refs IS NULL",
+		      m.umid) == 1);
+	CHECK_RC(store_conv_attach(s, conv, lone), 0);
+	CHECK(raw_int(db, "SELECT count(*) FROM messages WHERE umid = ? "
+			  "AND refs IS NULL AND in_reply_to IS NULL",
+		      lone) == 1);
+	CHECK_RC(store_conv_get(s, conv, &c), 0);
+	CHECK(c.count == 4);
+	store_conv_release(&c);
+	store_close(s);
+	sqlite3_close(db);
+	free(dir);
+	return 0;
+}
+
 static int test_umid_not_reused(void)
 {
 	char *dir = test_dir("umids");
@@ -1218,11 +1393,13 @@ static const struct {
 	int (*fn)(void);
 } tests[] = {
 	{ "migrate", test_migrate },
+	{ "migrate_v2", test_migrate_v2 },
 	{ "concurrent_open", test_concurrent_open },
 	{ "modes", test_modes },
 	{ "folders", test_folders },
 	{ "messages", test_messages },
 	{ "flagsets", test_flagsets },
+	{ "flagsets_in_tx", test_flagsets_in_tx },
 	{ "umid_not_reused", test_umid_not_reused },
 	{ "list_paging", test_list_paging },
 	{ "uids", test_uids },
