@@ -174,11 +174,53 @@ static void hids_collect(struct hids *h, const struct store_msg *m)
 	}
 }
 
-int thread_message(struct store *st, const struct store_msg *m)
+/*
+ * The conversation of a message whose header ids are @h, into *@target:
+ * the lowest-numbered one any id maps to, with the others merged into
+ * it, or a new one if none does; every id not mapped yet is mapped to
+ * it. The message itself is not touched. Every prefix of these steps
+ * leaves consistent rows (store.h).
+ */
+static int decide(struct store *st, const struct hids *h, int64_t *target)
 {
-	int64_t convs[THREAD_MAX_IDS], target = 0, cur;
+	int64_t convs[THREAD_MAX_IDS];
 	const char *fresh[THREAD_MAX_IDS];
 	size_t i, j, nfresh = 0;
+	int rc;
+
+	*target = 0;
+	rc = store_conv_lookup(st, h->id, h->n, convs);
+	if (rc)
+		return rc;
+	for (i = 0; i < h->n; i++)
+		if (convs[i] && (!*target || convs[i] < *target))
+			*target = convs[i];
+	if (!*target)
+		rc = store_conv_new(st, target);
+	/* the lowest id survives, so the oldest directory stays */
+	for (i = 0; i < h->n && !rc; i++) {
+		if (!convs[i] || convs[i] == *target)
+			continue;
+		for (j = 0; j < i && convs[j] != convs[i]; j++)
+			;
+		if (j < i)
+			continue; /* merged already */
+		log_debug("conversation %lld merged into %lld",
+			  (long long)convs[i], (long long)*target);
+		rc = store_conv_merge(st, convs[i], *target);
+	}
+	/* ids of merged conversations moved with them; the rest are new */
+	for (i = 0; i < h->n; i++)
+		if (!convs[i])
+			fresh[nfresh++] = h->id[i];
+	if (!rc)
+		rc = store_conv_add_ids(st, fresh, nfresh, *target);
+	return rc;
+}
+
+int thread_message(struct store *st, const struct store_msg *m)
+{
+	int64_t target, cur;
 	struct hids h;
 	bool own;
 	int rc;
@@ -194,41 +236,11 @@ int thread_message(struct store *st, const struct store_msg *m)
 	rc = store_conv_begin(st, &own);
 	if (rc)
 		goto out_free;
-	rc = store_conv_lookup(st, h.id, h.n, convs);
-	if (rc)
-		goto out_end;
-	for (i = 0; i < h.n; i++)
-		if (convs[i] && (!target || convs[i] < target))
-			target = convs[i];
-
-	/*
-	 * The order matters only when a step fails and the caller commits
-	 * anyway: every prefix of it leaves consistent rows (store.h), and
-	 * the message joins last, in one statement.
-	 */
-	if (!target)
-		rc = store_conv_new(st, &target);
-	/* the lowest id survives, so the oldest directory stays */
-	for (i = 0; i < h.n && !rc; i++) {
-		if (!convs[i] || convs[i] == target)
-			continue;
-		for (j = 0; j < i && convs[j] != convs[i]; j++)
-			;
-		if (j < i)
-			continue; /* merged already */
-		log_debug("conversation %lld merged into %lld",
-			  (long long)convs[i], (long long)target);
-		rc = store_conv_merge(st, convs[i], target);
-	}
-	/* ids of merged conversations moved with them; the rest are new */
-	for (i = 0; i < h.n; i++)
-		if (!convs[i])
-			fresh[nfresh++] = h.id[i];
-	if (!rc)
-		rc = store_conv_add_ids(st, fresh, nfresh, target);
+	/* the message joins last, in one statement: a failure before
+	 * leaves it without a conversation, for thread_backlog */
+	rc = decide(st, &h, &target);
 	if (!rc)
 		rc = store_conv_attach(st, target, m->umid);
-out_end:
 	rc = store_conv_end(st, own, rc);
 	if (rc)
 		log_warn("cannot thread message %lld: %s", (long long)m->umid,
@@ -240,10 +252,42 @@ out_free:
 
 int thread_put(struct store *st, struct store_msg *m)
 {
-	int rc = store_msg_put(st, m);
+	int64_t target;
+	struct hids h;
+	bool own;
+	int rc;
 
-	if (!rc)
-		rc = thread_message(st, m);
+	hids_collect(&h, m);
+	rc = store_conv_begin(st, &own);
+	if (rc)
+		goto out_free;
+	/* decided first, so the row is written once, with its conversation */
+	rc = decide(st, &h, &target);
+	if (rc)
+		goto out_end;
+	m->conv = target;
+	rc = store_msg_put(st, m);
+	if (rc || m->conv == target)
+		goto out_end;
+	/* the row was there already (a batch done again after a crash) */
+	if (!m->conv) {
+		rc = store_conv_attach(st, target, m->umid);
+		m->conv = target;
+	} else {
+		/* its ids are mapped to @target now: one conversation, the
+		 * lowest id surviving (an empty one made here just goes) */
+		int64_t lo = m->conv < target ? m->conv : target;
+
+		rc = store_conv_merge(st, m->conv + target - lo, lo);
+		m->conv = lo;
+	}
+out_end:
+	rc = store_conv_end(st, own, rc);
+	if (rc)
+		log_warn("cannot thread message %u of folder %lld: %s", m->uid,
+			 (long long)m->folder, strerror(-rc));
+out_free:
+	free(h.buf);
 	return rc;
 }
 

@@ -71,9 +71,14 @@ static int64_t folder(struct store *s, const char *name)
 	return id;
 }
 
+/* every case runs twice: storing then threading (thread_message), and
+ * with the sync's one call (thread_put) */
+static bool with_thread_put;
+
 /*
- * Store a message as the sync does, store_msg_put then thread_message,
- * and return its umid (exits on failure: every caller expects success).
+ * Store a message as the sync does, store_msg_put then thread_message or
+ * thread_put, and return its umid (exits on failure: every caller
+ * expects success).
  */
 static int64_t put(struct store *s, int64_t fid, uint32_t uid, int64_t date,
 		   const char *mid, const char *refs, const char *irt,
@@ -93,9 +98,13 @@ static int64_t put(struct store *s, int64_t fid, uint32_t uid, int64_t date,
 	};
 	int rc;
 
-	rc = store_msg_put(s, &m);
-	if (!rc)
-		rc = thread_message(s, &m);
+	if (with_thread_put) {
+		rc = thread_put(s, &m);
+	} else {
+		rc = store_msg_put(s, &m);
+		if (!rc)
+			rc = thread_message(s, &m);
+	}
 	if (rc) {
 		fprintf(stderr, "cannot put message %s uid %u: %s\n",
 			mid ? mid : "(none)", uid, strerror(-rc));
@@ -560,6 +569,70 @@ static int test_leftovers(void)
 	return 0;
 }
 
+/*
+ * thread_put of a row that is there already, as when a batch is fetched
+ * again after a crash: it joins or stays, counted once, and no empty
+ * conversation is left behind.
+ */
+static int test_put_again(void)
+{
+	struct store *s = new_store();
+	int64_t in = folder(s, "INBOX"), p, r, lone, conv;
+	struct store_msg m = {
+		.folder = in,
+		.uid = 3,
+		.flags = (char *)"",
+		.date = 30,
+		.message_id = (char *)"<r@again>",
+		.subject = (char *)"Re: p",
+		.references = (char *)"<p@again>",
+	};
+	size_t nconv;
+
+	p = put(s, in, 1, 10, "<p@again>", NULL, NULL, "p");
+	lone = put(s, in, 2, 20, NULL, NULL, NULL, "lone");
+	conv = conv_of(s, p);
+	nconv = conv_count(s, 10);
+	CHECK(nconv == 2);
+
+	/* stored unthreaded first: thread_put threads it */
+	CHECK_RC(store_msg_put(s, &m), 0);
+	r = m.umid;
+	CHECK(m.conv == 0 && conv_of(s, r) == 0);
+	m.conv = 0;
+	m.flags = (char *)"\\Seen";
+	CHECK_RC(thread_put(s, &m), 0);
+	CHECK(m.umid == r && m.conv == conv && conv_of(s, r) == conv);
+	CHECK(conv_is(s, conv, 2, "p", 10, 30));
+	CHECK_RC(store_msg_get(s, r, &m), 0);
+	CHECK(!strcmp(m.flags, "\\Seen") && !m.references);
+	store_msg_release(&m);
+
+	/* threaded already: nothing moves, nothing is counted twice */
+	for (int i = 0; i < 2; i++) {
+		struct store_msg again = {
+			.folder = in,
+			.uid = i ? 2 : 3,
+			.flags = (char *)"",
+			.date = i ? 20 : 30,
+			.message_id = (char *)(i ? NULL : "<r@again>"),
+			.references = (char *)(i ? NULL : "<p@again>"),
+		};
+
+		CHECK_RC(thread_put(s, &again), 0);
+		CHECK(again.umid == (i ? lone : r));
+		CHECK(again.conv == conv_of(s, again.umid));
+	}
+	CHECK(conv_is(s, conv, 2, "p", 10, 30));
+	CHECK(conv_is(s, conv_of(s, lone), 1, "lone", 20, 20));
+	CHECK(conv_count(s, 10) == nconv);
+	/* the one made for the message without ids went again */
+	CHECK_RC(store_conv_new(s, &conv), 0);
+	CHECK(conv - 1 > conv_of(s, lone) && !conv_exists(s, conv - 1));
+	store_close(s);
+	return 0;
+}
+
 /* ---- 10k synthetic messages in two orders ---- */
 
 #define NSYN 10000
@@ -949,6 +1022,7 @@ static const struct {
 	{ "hostile headers", test_hostile },
 	{ "deletion", test_delete },
 	{ "leftovers of a failed threading", test_leftovers },
+	{ "thread_put of a stored message", test_put_again },
 	{ "10k synthetic messages", test_synthetic },
 };
 
@@ -961,10 +1035,14 @@ int main(void)
 		perror("mkdtemp");
 		return 1;
 	}
-	for (i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-		int rc = tests[i].fn();
+	for (i = 0; i < 2 * sizeof(tests) / sizeof(tests[0]); i++) {
+		size_t k = i % (sizeof(tests) / sizeof(tests[0]));
+		int rc;
 
-		printf("%s: %s\n", rc ? "FAIL" : "ok", tests[i].name);
+		with_thread_put = k != i;
+		rc = tests[k].fn();
+		printf("%s: %s (%s)\n", rc ? "FAIL" : "ok", tests[k].name,
+		       with_thread_put ? "thread_put" : "thread_message");
 		failed |= rc;
 	}
 	nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
