@@ -193,6 +193,80 @@ static int64_t id_hash(const char *id)
 	return (int64_t)h;
 }
 
+/* ---- the table of header ids of the open transaction ---- */
+
+void store_hid_forget(struct store *s, bool release)
+{
+	if (s->nhid)
+		memset(s->hid, 0, STORE_HID_SLOTS * sizeof(*s->hid));
+	s->nhid = 0;
+	if (release) {
+		free(s->hid);
+		s->hid = NULL;
+	}
+}
+
+/* whether the table may be used: only inside a write transaction (see
+ * store_i.h), and never for the hash 0, which marks empty slots */
+static bool hid_usable(struct store *s, int64_t hash)
+{
+	return hash && !sqlite3_get_autocommit(s->db);
+}
+
+static struct store_hid *hid_slot(struct store *s, int64_t hash)
+{
+	size_t i = (size_t)hash & (STORE_HID_SLOTS - 1);
+
+	while (s->hid[i].hash && s->hid[i].hash != hash)
+		i = (i + 1) & (STORE_HID_SLOTS - 1);
+	return &s->hid[i];
+}
+
+static bool hid_get(struct store *s, int64_t hash, int64_t *conv)
+{
+	struct store_hid *h;
+
+	if (!s->hid || !hid_usable(s, hash))
+		return false;
+	h = hid_slot(s, hash);
+	if (!h->hash)
+		return false;
+	*conv = h->conv;
+	return true;
+}
+
+/* remember that @hash maps to @conv (0: to nothing), as written or read
+ * in this transaction */
+static void hid_put(struct store *s, int64_t hash, int64_t conv)
+{
+	struct store_hid *h;
+
+	if (!hid_usable(s, hash))
+		return;
+	if (!s->hid)
+		s->hid = xcalloc(STORE_HID_SLOTS, sizeof(*s->hid));
+	if (s->nhid >= STORE_HID_SLOTS / 4 * 3)
+		store_hid_forget(s, false);
+	h = hid_slot(s, hash);
+	if (!h->hash) {
+		h->hash = hash;
+		s->nhid++;
+	}
+	h->conv = conv;
+}
+
+/* the ids of conversation @from now map to @into */
+static void hid_merged(struct store *s, int64_t from, int64_t into)
+{
+	size_t i;
+
+	if (!s->nhid)
+		return;
+	for (i = 0; i < STORE_HID_SLOTS; i++)
+		if (s->hid[i].hash && s->hid[i].conv == from)
+			s->hid[i].conv = into;
+}
+
 int store_conv_begin(struct store *s, bool *own)
 {
 	return store_tx_own(s, own);
@@ -227,13 +301,17 @@ int store_conv_of_msg(struct store *s, int64_t umid, int64_t *conv)
 
 static int lookup_one(struct store *s, const char *id, int64_t *conv)
 {
+	int64_t hash = id_hash(id);
 	sqlite3_stmt *st;
 	int rc;
 
+	/* a thread's ids come again with each reply: most are known */
+	if (hid_get(s, hash, conv))
+		return 0;
 	rc = store_prepare(s, ST_CONV_LOOKUP, &st);
 	if (rc)
 		return rc;
-	sqlite3_bind_int64(st, 1, id_hash(id));
+	sqlite3_bind_int64(st, 1, hash);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		*conv = sqlite3_column_int64(st, 0);
@@ -245,6 +323,8 @@ static int lookup_one(struct store *s, const char *id, int64_t *conv)
 		rc = store_fail(s, ST_CONV_LOOKUP, rc);
 	}
 	store_done(st);
+	if (!rc)
+		hid_put(s, hash, *conv);
 	return rc;
 }
 
@@ -353,8 +433,15 @@ int store_conv_merge(struct store *s, int64_t from, int64_t into)
 	if (rc)
 		return rc;
 	rc = merge_steps(s, from, into);
-	if (!rc)
-		return store_exec(s, ST_RELEASE);
+	if (!rc) {
+		rc = store_exec(s, ST_RELEASE);
+		if (rc)
+			store_hid_forget(s, false);
+		else
+			hid_merged(s, from, into);
+		return rc;
+	}
+	store_hid_forget(s, false);
 	/* ROLLBACK TO keeps the savepoint open: release it too */
 	if (!sqlite3_get_autocommit(s->db)) {
 		store_exec(s, ST_ROLLBACK_TO);
@@ -376,11 +463,15 @@ int store_conv_add_ids(struct store *s, const char *const *ids, size_t n,
 	if (rc)
 		return rc;
 	for (i = 0; i < n && !rc; i++) {
-		sqlite3_bind_int64(st, 1, id_hash(ids[i]));
+		int64_t hash = id_hash(ids[i]);
+
+		sqlite3_bind_int64(st, 1, hash);
 		sqlite3_bind_int64(st, 2, conv);
 		rc = sqlite3_step(st);
 		rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_CONV_ADD_ID, rc);
 		sqlite3_reset(st);
+		if (!rc)
+			hid_put(s, hash, conv);
 	}
 	store_done(st);
 	return rc;

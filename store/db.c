@@ -343,6 +343,7 @@ int store_begin(struct store *s)
 	 * before giving up on the write.
 	 */
 	store_flagset_forget(s);
+	store_hid_forget(s, false);
 	for (tries = 0; tries < 3; tries++) {
 		rc = store_exec(s, ST_BEGIN);
 		if (rc != -EBUSY)
@@ -354,12 +355,14 @@ int store_begin(struct store *s)
 int store_commit(struct store *s)
 {
 	store_flagset_forget(s);
+	store_hid_forget(s, false);
 	return store_exec(s, ST_COMMIT);
 }
 
 void store_rollback(struct store *s)
 {
 	store_flagset_forget(s);
+	store_hid_forget(s, false);
 	/* SQLite may have rolled back already (after SQLITE_FULL, say) */
 	if (!sqlite3_get_autocommit(s->db))
 		store_exec(s, ST_ROLLBACK);
@@ -759,6 +762,7 @@ void store_close(struct store *s)
 		return;
 	store_touch_flush(s, true);
 	store_rollback(s);
+	store_hid_forget(s, true);
 	for (i = 0; i < ST__COUNT; i++)
 		sqlite3_finalize(s->stmt[i]);
 	if (sqlite3_close(s->db) != SQLITE_OK)

@@ -161,8 +161,9 @@ int store_folder_delete(struct store *s, int64_t id)
 	rc = store_tx_own(s, &own);
 	if (rc)
 		return rc;
-	/* flag sets may go with the messages */
+	/* flag sets and header ids may go with the messages */
 	store_flagset_forget(s);
+	store_hid_forget(s, false);
 	rc = folder_bodies_delete(s, id);
 	if (rc)
 		goto out;

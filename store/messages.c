@@ -352,8 +352,9 @@ int store_msg_delete(struct store *s, int64_t umid)
 	rc = store_tx_own(s, &own);
 	if (rc)
 		return rc;
-	/* its flag set may go with it */
+	/* its flag set may go with it, and its conversation's ids */
 	store_flagset_forget(s);
+	store_hid_forget(s, false);
 	/* file first: a rollback then leaves a row without a file, which
 	 * counts as not cached, never a file nobody accounts for */
 	store_body_unlink(s, umid);

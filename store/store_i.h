@@ -76,6 +76,17 @@ struct store_flagset_id {
 	int64_t id;
 };
 
+/* a header_ids row: the 64-bit hash of an id, and its conversation (0:
+ * the id is not in header_ids) */
+struct store_hid {
+	int64_t hash; /* 0: an empty slot */
+	int64_t conv;
+};
+
+/* slots of the header id table, a power of two; it is emptied when 3/4
+ * full (a batch of 1000 messages of ~8 ids each fills a third) */
+#define STORE_HID_SLOTS 32768
+
 struct store {
 	sqlite3 *db;
 	char *dir; /* owned: canonical path of the store directory */
@@ -95,6 +106,17 @@ struct store {
 	struct store_flagset_id flagset[STORE_FLAGSET_CACHE];
 	size_t nflagset;
 	size_t flagset_next; /* the slot to reuse when full */
+	/*
+	 * header_ids rows read or written in the open write transaction
+	 * (conversations.c): an open-addressing table of STORE_HID_SLOTS,
+	 * allocated on first use. Exact while the transaction lasts, as
+	 * only this connection writes then and every write of header_ids
+	 * goes through conversations.c, which updates it; emptied at each
+	 * transaction's start and end and by deletions of messages, whose
+	 * triggers drop ids (store_hid_forget).
+	 */
+	struct store_hid *hid;
+	size_t nhid;
 };
 
 /* busy_timeout of every connection, in ms */
@@ -191,6 +213,10 @@ void store_touch_flush(struct store *s, bool wait);
 
 /* store_flagset_forget - empty @s's cache of flag set ids */
 void store_flagset_forget(struct store *s);
+
+/* store_hid_forget - empty @s's table of header ids; free it too with
+ * @release */
+void store_hid_forget(struct store *s, bool release);
 
 /* store_now_ms - wall clock as Unix time in milliseconds */
 int64_t store_now_ms(void);

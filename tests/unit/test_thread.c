@@ -524,6 +524,41 @@ static int test_delete(void)
 }
 
 /*
+ * The same inside one transaction, as the sync's batches run: what a
+ * deletion or a merge did to the ids is seen by the next message.
+ */
+static int test_in_transaction(void)
+{
+	struct store *s = new_store();
+	int64_t in = folder(s, "INBOX"), a, b, c, d, conv;
+
+	CHECK_RC(store_begin(s), 0);
+	a = put(s, in, 1, 100, "<a@tx>", NULL, NULL, "a");
+	b = put(s, in, 2, 200, "<b@tx>", "<a@tx>", NULL, "Re: a");
+	conv = conv_of(s, a);
+	CHECK(conv_of(s, b) == conv);
+	/* the conversation goes with its last message, and its ids */
+	CHECK_RC(store_msg_delete(s, a), 0);
+	CHECK_RC(store_msg_delete(s, b), 0);
+	CHECK(!conv_exists(s, conv));
+	c = put(s, in, 3, 300, "<c@tx>", "<a@tx> <b@tx>", NULL, "Re: Re: a");
+	CHECK(conv_of(s, c) > conv);
+	CHECK(conv_is(s, conv_of(s, c), 1, "Re: Re: a", 300, 300));
+	/* a merge moves the ids: the next reply finds the survivor */
+	a = put(s, in, 4, 400, "<x@tx>", NULL, NULL, "x");
+	b = put(s, in, 5, 500, "<y@tx>", NULL, NULL, "y");
+	c = put(s, in, 6, 600, "<z@tx>", "<x@tx> <y@tx>", NULL, "z");
+	CHECK(conv_of(s, a) == conv_of(s, b) && conv_of(s, c) == conv_of(s, a));
+	d = put(s, in, 7, 700, "<w@tx>", "<y@tx>", NULL, "w");
+	CHECK(conv_of(s, d) == conv_of(s, a));
+	CHECK(conv_is(s, conv_of(s, a), 4, "x", 400, 700));
+	CHECK_RC(store_commit(s), 0);
+	CHECK(conv_is(s, conv_of(s, a), 4, "x", 400, 700));
+	store_close(s);
+	return 0;
+}
+
+/*
  * What a threading that failed half-way and was committed anyway leaves
  * (store.h): an empty conversation, ids mapped to it. The next messages
  * must fill it in as if it had been made for them.
@@ -1021,6 +1056,7 @@ static const struct {
 	{ "no Message-ID", test_no_message_id },
 	{ "hostile headers", test_hostile },
 	{ "deletion", test_delete },
+	{ "inside one transaction", test_in_transaction },
 	{ "leftovers of a failed threading", test_leftovers },
 	{ "thread_put of a stored message", test_put_again },
 	{ "10k synthetic messages", test_synthetic },
