@@ -35,9 +35,25 @@ static const char *const xattr_names[] = {
 	"user.convoyfs.folder", "user.convoyfs.conversation"
 };
 
+/* a name the kernel must forget: the message behind it is gone */
+struct note {
+	fuse_ino_t parent;
+	char name[NAMES_MAX + 1];
+	struct note *next;
+};
+
 struct fs {
 	struct fs_args *a; /* borrowed */
 	struct sync *sync; /* borrowed */
+	struct fuse_session *se;
+	/* the notifier thread tells the kernel, never from a handler or
+	 * from the sync thread, which must not block on the kernel */
+	pthread_t notifier;
+	bool notifier_started;
+	pthread_mutex_t note_lock; /* guards notes, notes_stop */
+	pthread_cond_t note_wake;
+	struct note *notes;
+	bool notes_stop;
 	uid_t uid;
 	gid_t gid;
 	pthread_mutex_t lock; /* guards tree and pool */
@@ -121,12 +137,64 @@ static struct tree *tree_get(struct fs *fs)
 	return t;
 }
 
+static void queue_note(struct fs *fs, fuse_ino_t parent, const char *name)
+{
+	struct note *n = xcalloc(1, sizeof(*n));
+
+	n->parent = parent;
+	snprintf(n->name, sizeof(n->name), "%s", name);
+	pthread_mutex_lock(&fs->note_lock);
+	n->next = fs->notes;
+	fs->notes = n;
+	pthread_cond_signal(&fs->note_wake);
+	pthread_mutex_unlock(&fs->note_lock);
+}
+
+static void *notifier_main(void *arg)
+{
+	struct fs *fs = arg;
+
+	pthread_mutex_lock(&fs->note_lock);
+	for (;;) {
+		struct note *n;
+
+		while (!fs->notes && !fs->notes_stop)
+			pthread_cond_wait(&fs->note_wake, &fs->note_lock);
+		if (fs->notes_stop)
+			break;
+		n = fs->notes;
+		fs->notes = n->next;
+		pthread_mutex_unlock(&fs->note_lock);
+		/* -ENOENT when the kernel had no such entry: fine */
+		fuse_lowlevel_notify_inval_entry(fs->se, n->parent, n->name,
+						 strlen(n->name));
+		free(n);
+		pthread_mutex_lock(&fs->note_lock);
+	}
+	while (fs->notes) {
+		struct note *n = fs->notes;
+
+		fs->notes = n->next;
+		free(n);
+	}
+	pthread_mutex_unlock(&fs->note_lock);
+	return NULL;
+}
+
 static void on_change(const struct sync_change *c, void *aux)
 {
 	struct fs *fs = aux;
+	char name[NAMES_MAX + 1];
+	const struct store_msg *m = c->msg;
 
-	if (c->kind == SYNC_FOLDERS)
+	if (c->kind == SYNC_FOLDERS) {
 		atomic_store(&fs->folders_dirty, true);
+	} else if (c->kind == SYNC_MESSAGE_GONE && m) {
+		names_message(name, m->date, m->zone, m->subject, m->umid);
+		queue_note(fs, INO_FOLDER_BASE + (uint64_t)m->folder, name);
+		if (m->conv)
+			queue_note(fs, INO_CONV_BASE + (uint64_t)m->conv, name);
+	}
 }
 
 /* ---- attributes ---- */
@@ -972,6 +1040,8 @@ int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
 	fs.uid = getuid();
 	fs.gid = getgid();
 	pthread_mutex_init(&fs.lock, NULL);
+	pthread_mutex_init(&fs.note_lock, NULL);
+	pthread_cond_init(&fs.note_wake, NULL);
 	fuse_opt_add_arg(&fargs, argv[0]);
 	if (a->debug)
 		fuse_opt_add_arg(&fargs, "-d");
@@ -995,6 +1065,9 @@ int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
 	if (!a->foreground)
 		log_set_syslog(true);
 
+	fs.se = se;
+	if (!pthread_create(&fs.notifier, NULL, notifier_main, &fs))
+		fs.notifier_started = true;
 	sync_set_changed(sync, on_change, &fs);
 	rc = sync_start(sync);
 	if (rc) {
@@ -1007,6 +1080,13 @@ int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
 	fuse_loop_cfg_destroy(lc);
 	sync_stop(sync);
 out_unmount:
+	if (fs.notifier_started) {
+		pthread_mutex_lock(&fs.note_lock);
+		fs.notes_stop = true;
+		pthread_cond_signal(&fs.note_wake);
+		pthread_mutex_unlock(&fs.note_lock);
+		pthread_join(fs.notifier, NULL);
+	}
 	fuse_session_unmount(se);
 out_signals:
 	fuse_remove_signal_handlers(se);
@@ -1018,5 +1098,7 @@ out_args:
 	for (size_t i = 0; i < fs.npool; i++)
 		store_close(fs.pool[i]);
 	pthread_mutex_destroy(&fs.lock);
+	pthread_mutex_destroy(&fs.note_lock);
+	pthread_cond_destroy(&fs.note_wake);
 	return ret;
 }

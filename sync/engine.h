@@ -63,6 +63,8 @@ struct sync {
 
 /* report a committed change to fs/ */
 void sync_notify(struct sync *s, enum sync_change_kind kind, int64_t folder);
+/* report that message @m (as it was) is gone or hidden, after commit */
+void sync_notify_gone(struct sync *s, const struct store_msg *m);
 /* remember @msg as the last error for the status file (and log it) */
 void sync_set_error(struct sync *s, const char *msg);
 /* true once sync_stop began */

@@ -45,7 +45,34 @@ struct batch {
 	uint32_t *known;
 	size_t nknown;
 	bool *seen;
+	/* messages gone or hidden (\Deleted) in the open transaction, told
+	 * to fs/ once it is committed so the kernel forgets their names */
+	struct store_msg *gone;
+	size_t ngone;
 };
+
+static void note_gone(struct batch *b, int64_t umid)
+{
+	struct store_msg m;
+
+	if (store_msg_get(b->s->st, umid, &m))
+		return;
+	b->gone = xrealloc(b->gone, (b->ngone + 1) * sizeof(*b->gone));
+	b->gone[b->ngone++] = m;
+}
+
+/* after a commit: tell fs/; after a rollback: forget them */
+static void flush_gone(struct batch *b, bool committed)
+{
+	for (size_t i = 0; i < b->ngone; i++) {
+		if (committed)
+			sync_notify_gone(b->s, &b->gone[i]);
+		store_msg_release(&b->gone[i]);
+	}
+	free(b->gone);
+	b->gone = NULL;
+	b->ngone = 0;
+}
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -208,6 +235,7 @@ static int tx_commit(struct batch *b)
 		store_rollback(b->s->st);
 	b->in_tx = false;
 	b->pending = 0;
+	flush_gone(b, !rc);
 	if (!rc)
 		sync_notify(b->s, SYNC_MESSAGES, f->id);
 	return rc;
@@ -270,6 +298,9 @@ static void put_message(struct batch *b, struct parsed *p)
 		b->rc = rc;
 		return;
 	}
+	/* \Deleted hides a message: its name must go from the kernel too */
+	if (b->mode == BATCH_FLAGS && strstr(m->flags, "\\Deleted"))
+		note_gone(b, m->umid);
 	b->pending++;
 	b->total++;
 	if (b->mode == BATCH_ASCENDING && b->pending >= SYNC_BATCH)
@@ -363,6 +394,7 @@ static int run_fetch(struct batch *b, struct mailimap_set *set, bool by_uid)
 			store_rollback(b->s->st);
 			b->in_tx = false;
 		}
+		flush_gone(b, false);
 		return conn_errno(c, rc, "cannot fetch message data");
 	}
 	return b->rc;
@@ -516,14 +548,17 @@ static int refresh_known(struct sync *s, struct store_folder *f)
 		if (b.seen[i])
 			continue;
 		rc = store_msg_find_uid(s->st, f->id, b.known[i], &umid);
-		if (!rc)
+		if (!rc) {
+			note_gone(&b, umid);
 			rc = store_msg_delete(s->st, umid);
+		}
 		b.pending++;
 	}
 	if (!rc)
 		rc = tx_commit(&b);
 	else if (b.in_tx)
 		store_rollback(s->st);
+	flush_gone(&b, false);
 out:
 	free(b.known);
 	free(b.seen);

@@ -81,6 +81,16 @@ void sync_notify(struct sync *s, enum sync_change_kind kind, int64_t folder)
 		s->changed(&c, s->changed_aux);
 }
 
+void sync_notify_gone(struct sync *s, const struct store_msg *m)
+{
+	struct sync_change c = { .kind = SYNC_MESSAGE_GONE,
+				 .folder = m->folder,
+				 .msg = m };
+
+	if (s->changed)
+		s->changed(&c, s->changed_aux);
+}
+
 void sync_set_error(struct sync *s, const char *msg)
 {
 	pthread_mutex_lock(&s->lock);

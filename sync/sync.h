@@ -27,10 +27,16 @@ void sync_config_release(struct sync_config *cfg);
 
 /* What a committed sync step changed, for fs/ to invalidate the kernel's
  * caches. Delivered on the sync thread: queue it, do not block. */
-enum sync_change_kind { SYNC_FOLDERS, SYNC_MESSAGES };
+enum sync_change_kind {
+	SYNC_FOLDERS, /* the folder list changed */
+	SYNC_MESSAGES, /* messages of @folder were added or changed */
+	SYNC_MESSAGE_GONE, /* @msg was expunged or flagged \Deleted */
+};
+struct store_msg;
 struct sync_change {
 	enum sync_change_kind kind;
-	int64_t folder; /* SYNC_MESSAGES: the folder whose messages changed */
+	int64_t folder; /* SYNC_MESSAGES, SYNC_MESSAGE_GONE */
+	const struct store_msg *msg; /* SYNC_MESSAGE_GONE: as it was; borrowed */
 };
 typedef void sync_changed_fn(const struct sync_change *c, void *aux);
 
