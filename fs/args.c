@@ -39,6 +39,7 @@ void args_usage(FILE *out)
 	      "  poll_interval=SECONDS  how often folders are checked "
 	      "(default 60)\n"
 	      "  timeout=SECONDS        longest network wait (default 30)\n"
+	      "  cache_size=MB          bodies kept on disk (default 2048)\n"
 	      "  debug=CATS             log categories: sync,fetch,thread,imap,"
 	      "tls,store,fs or all\n"
 	      "  auth=login|plain       LOGIN (default) or AUTHENTICATE PLAIN;\n"
@@ -172,6 +173,13 @@ static int parse_opts(char *opts, struct fs_args *a, char *err,
 		} else if (!strcmp(o, "timeout") && v) {
 			if (parse_uint(v, &a->cfg.timeout))
 				goto bad;
+		} else if (!strcmp(o, "cache_size") && v) {
+			char *end;
+			unsigned long long mb = strtoull(v, &end, 10);
+
+			if (!*v || *end || mb == 0 || mb > (1ULL << 30))
+				goto bad;
+			a->cfg.cache_budget = mb << 20;
 		} else if (!strcmp(o, "debug") && v) {
 			free(a->debug_cats);
 			a->debug_cats = xstrdup(v);
@@ -264,6 +272,8 @@ int args_parse(int argc, char **argv, struct fs_args *a, char *err,
 		a->cfg.poll_interval = 60;
 	if (!a->cfg.timeout)
 		a->cfg.timeout = 30;
+	if (!a->cfg.cache_budget)
+		a->cfg.cache_budget = 2048ULL << 20;
 	return 0;
 }
 

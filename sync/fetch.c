@@ -148,8 +148,10 @@ static int fetch_one(struct fetcher *f, int64_t umid)
 		goto out_folder;
 	}
 	rc = store_body_commit(sink.w);
-	if (!rc)
-		atomic_fetch_add(&f->s->bodies_fetched, 1);
+	/* keep the cache within its budget: evict the least recently read */
+	if (!rc && atomic_fetch_add(&f->s->bodies_fetched, 1) % 64 == 63 &&
+	    f->s->cfg.cache_budget)
+		store_body_trim(f->st, f->s->cfg.cache_budget);
 out_folder:
 	store_folder_release(&fo);
 out_msg:

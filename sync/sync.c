@@ -35,6 +35,7 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 	s->cfg.cache_dir = xstrdup(cfg->cache_dir);
 	s->cfg.poll_interval = cfg->poll_interval ? cfg->poll_interval : 60;
 	s->cfg.timeout = cfg->timeout ? cfg->timeout : 30;
+	s->cfg.cache_budget = cfg->cache_budget;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->wake, NULL);
 	pthread_cond_init(&s->fetch_wake, NULL);

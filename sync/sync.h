@@ -21,6 +21,7 @@ struct sync_config {
 	char *cache_dir; /* owned: the store's directory */
 	unsigned poll_interval; /* seconds between checks of every folder */
 	unsigned timeout; /* seconds any network wait may take */
+	uint64_t cache_budget; /* bytes of cached bodies to keep */
 };
 
 void sync_config_release(struct sync_config *cfg);

@@ -1,0 +1,50 @@
+"""The body cache keeps to its budget (-o cache_size=MB), evicting the
+least recently read, and an evicted message still reads exactly."""
+
+import os
+
+import harness
+
+
+def big_message(i):
+    body = ("line %d of a long message to fill the cache\r\n" % i) * 800
+    return ("From: a@example.org\r\nTo: b@example.org\r\nSubject: big %d\r\n"
+            "Message-ID: <big-%d@convoyfs.test>\r\n\r\n%s" % (i, i, body)).encode()
+
+
+def cached_bytes(cache_dir):
+    total = 0
+    for root, _dirs, files in os.walk(os.path.join(cache_dir, "bodies")):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def bodies_fetched(m):
+    for line in open(os.path.join(m.path, ".convoyfs", "status")):
+        if line.startswith("bodies fetched:"):
+            return int(line.split(":")[1])
+    raise AssertionError("no bodies fetched line")
+
+
+def test_cache_stays_within_budget(fresh_dovecot, mount):
+    d = fresh_dovecot
+    msgs = [big_message(i) for i in range(140)]  # about 5 MB in all
+    d.append_many("INBOX", [(m, None, ()) for m in msgs])
+    m = mount(d, options={"cache_size": "1"})
+    inbox = os.path.join(m.path, "INBOX")
+    files = sorted(os.listdir(inbox))
+    want = {}
+    for f in files:
+        with open(os.path.join(inbox, f), "rb") as fh:
+            want[f] = fh.read()
+    assert sorted(want.values()) == sorted(msgs)
+    total = sum(len(v) for v in want.values())
+    # trimmed every 64 fetches: at most the budget plus one round's worth
+    held = cached_bytes(m.cache_dir)
+    assert held < total / 2, (held, total)
+    assert held <= (1 << 20) + 64 * max(len(v) for v in want.values())
+    # the first file was evicted long ago: it is fetched again, exactly
+    n = bodies_fetched(m)
+    with open(os.path.join(inbox, files[0]), "rb") as fh:
+        assert fh.read() == want[files[0]]
+    assert bodies_fetched(m) == n + 1
