@@ -95,9 +95,10 @@ static bool debug_enabled(const char *cat)
 		return false;
 	if (!strcmp(p, "all"))
 		return true;
+	/* "sync+imap": -o splits its options on commas */
 	while ((p = strstr(p, cat))) {
-		if ((p == log_cats || p[-1] == ',') &&
-		    (p[n] == '\0' || p[n] == ','))
+		if ((p == log_cats || p[-1] == ',' || p[-1] == '+') &&
+		    (p[n] == '\0' || p[n] == ',' || p[n] == '+'))
 			return true;
 		p += n;
 	}

@@ -284,6 +284,27 @@ out_free:
 	return rc;
 }
 
+int store_msg_set_flags(struct store *s, struct store_msg *m)
+{
+	const char *given = m->flags ? m->flags : "";
+	char *flags = flags_canonical(given);
+	int64_t flagset = 0;
+	bool own;
+	int rc;
+
+	rc = store_tx_own(s, &own);
+	if (rc)
+		goto out_free;
+	rc = flagset_id(s, flags, &flagset);
+	if (!rc)
+		rc = msg_update(s, m, flagset);
+	rc = store_tx_end(s, own, rc);
+out_free:
+	if (flags != given)
+		free(flags);
+	return rc;
+}
+
 int store_msg_get(struct store *s, int64_t umid, struct store_msg *out)
 {
 	sqlite3_stmt *st;

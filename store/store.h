@@ -126,6 +126,14 @@ int store_folder_count(struct store *s, int64_t id, uint64_t *n);
  */
 int store_msg_put(struct store *s, struct store_msg *m);
 
+/*
+ * store_msg_set_flags - set the flags of the stored message (@m->folder,
+ * @m->uid) to @m->flags and set @m->umid and @m->conv. The row must
+ * exist (a refresh of known UIDs): unlike store_msg_put this never
+ * inserts, so it spends no umid.
+ */
+int store_msg_set_flags(struct store *s, struct store_msg *m);
+
 /* store_msg_get - load message @umid; -ENOENT if none. */
 int store_msg_get(struct store *s, int64_t umid, struct store_msg *out);
 void store_msg_release(struct store_msg *m);

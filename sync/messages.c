@@ -289,7 +289,7 @@ static void put_message(struct batch *b, struct parsed *p)
 	rc = tx_begin(b);
 	/* a new message joins its conversation in the same transaction */
 	if (!rc && b->mode == BATCH_FLAGS)
-		rc = store_msg_put(b->s->st, m);
+		rc = store_msg_set_flags(b->s->st, m);
 	else if (!rc)
 		rc = thread_put(b->s->st, m);
 	m->message_id = m->subject = m->from = NULL;

@@ -795,6 +795,34 @@ static int test_umid_not_reused(void)
 	return 0;
 }
 
+/* a refresh of flags, however often, spends no umid */
+static int test_set_flags(void)
+{
+	char *dir = test_dir("setflags");
+	int64_t folder, a, b;
+	struct store_msg m = { 0 }, got;
+	struct store *s;
+
+	CHECK_RC(store_open(dir, &s), 0);
+	folder = add_folder(s, "INBOX");
+	CHECK_RC(put_msg(s, folder, 1, "", &a), 0);
+	for (int i = 0; i < 5; i++) {
+		m.folder = folder;
+		m.uid = 1;
+		m.flags = (char *)(i % 2 ? "\\Seen" : "\\Flagged \\Seen");
+		CHECK_RC(store_msg_set_flags(s, &m), 0);
+		CHECK(m.umid == a);
+	}
+	CHECK_RC(store_msg_get(s, a, &got), 0);
+	CHECK(!strcmp(got.flags, "\\Flagged \\Seen"));
+	store_msg_release(&got);
+	CHECK_RC(put_msg(s, folder, 2, "", &b), 0);
+	CHECK(b == a + 1);
+	store_close(s);
+	free(dir);
+	return 0;
+}
+
 #define NPAGING 2500
 
 static int test_list_paging(void)
@@ -1401,6 +1429,7 @@ static const struct {
 	{ "flagsets", test_flagsets },
 	{ "flagsets_in_tx", test_flagsets_in_tx },
 	{ "umid_not_reused", test_umid_not_reused },
+	{ "set_flags", test_set_flags },
 	{ "list_paging", test_list_paging },
 	{ "uids", test_uids },
 	{ "folder_delete", test_folder_delete },
