@@ -92,7 +92,7 @@ const struct tree_dir *tree_child(const struct tree *t,
 				  const struct tree_dir *dir,
 				  const char *name);
 
-/* ---- ops.c: the filesystem ---- */
+/* ---- mount.c: the filesystem (private parts in fs_i.h) ---- */
 
 struct fs;
 

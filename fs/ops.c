@@ -2,12 +2,11 @@
  * ops.c - the filesystem: FUSE low-level operations answered from the
  * store and the body cache. getattr, lookup and readdir never touch the
  * network; only opening a message whose body is not cached waits for a
- * fetcher, with a deadline. Writes answer EROFS for now.
+ * fetcher, with a deadline. Writes answer EROFS for now. The .convoyfs
+ * files are served by control.c, extended attributes by xattr.c.
  */
 #define LOG_CAT "fs"
-#include <fuse_lowlevel.h>
-
-#include "fs.h"
+#include "fs_i.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,182 +23,14 @@
 /* entries and attributes change only by sync; a short timeout keeps the
  * tree fresh without invalidation traffic */
 #define ENTRY_TIMEOUT 1.0
-#define POOL_MAX 8
 #define PAGE 256
 /* readdir offsets: 1.. for ".", ".." and subdirectories, MSG_OFF + umid
  * for messages, so a huge folder is read in pages by umid */
 #define MSG_OFF (1LL << 40)
 
-static const char *const xattr_names[] = {
-	"user.convoyfs.flags", "user.convoyfs.message-id", "user.convoyfs.uid",
-	"user.convoyfs.folder", "user.convoyfs.conversation"
-};
-
-/* a name the kernel must forget: the message behind it is gone */
-struct note {
-	fuse_ino_t parent;
-	char name[NAMES_MAX + 1];
-	struct note *next;
-};
-
-struct fs {
-	struct fs_args *a; /* borrowed */
-	struct sync *sync; /* borrowed */
-	struct fuse_session *se;
-	/* the notifier thread tells the kernel, never from a handler or
-	 * from the sync thread, which must not block on the kernel */
-	pthread_t notifier;
-	bool notifier_started;
-	pthread_mutex_t note_lock; /* guards notes, notes_stop */
-	pthread_cond_t note_wake;
-	struct note *notes;
-	bool notes_stop;
-	uid_t uid;
-	gid_t gid;
-	pthread_mutex_t lock; /* guards tree and pool */
-	struct tree *tree;
-	atomic_bool folders_dirty;
-	struct store *pool[POOL_MAX];
-	size_t npool;
-};
-
-struct status_buf {
-	char *text;
-	size_t len;
-};
-
-static struct fs *fs_of(fuse_req_t req)
-{
-	return fuse_req_userdata(req);
-}
-
-/* ---- store connections: a pool, one borrowed per operation ---- */
-
-static int borrow(struct fs *fs, struct store **out)
-{
-	struct store *st = NULL;
-	int rc;
-
-	pthread_mutex_lock(&fs->lock);
-	if (fs->npool)
-		st = fs->pool[--fs->npool];
-	pthread_mutex_unlock(&fs->lock);
-	if (st) {
-		*out = st;
-		return 0;
-	}
-	rc = store_open(fs->a->cfg.cache_dir, out);
-	if (rc)
-		log_error("cannot open the store: %s", strerror(-rc));
-	return rc ? -EIO : 0;
-}
-
-static void give_back(struct fs *fs, struct store *st)
-{
-	pthread_mutex_lock(&fs->lock);
-	if (fs->npool < POOL_MAX) {
-		fs->pool[fs->npool++] = st;
-		st = NULL;
-	}
-	pthread_mutex_unlock(&fs->lock);
-	store_close(st);
-}
-
-/* ---- the folder tree ---- */
-
-static struct tree *tree_get(struct fs *fs)
-{
-	struct tree *t;
-
-	pthread_mutex_lock(&fs->lock);
-	if (!fs->tree || atomic_exchange(&fs->folders_dirty, false)) {
-		struct store_folder *f = NULL;
-		struct store *st = fs->npool ? fs->pool[--fs->npool] : NULL;
-		size_t n = 0;
-
-		if (!st && store_open(fs->a->cfg.cache_dir, &st))
-			st = NULL;
-		if (st && !store_folder_list(st, &f, &n)) {
-			tree_put(fs->tree);
-			fs->tree = tree_build(f, n);
-			store_folder_list_free(f, n);
-		} else if (!fs->tree) {
-			fs->tree = tree_build(NULL, 0);
-		}
-		if (st && fs->npool < POOL_MAX)
-			fs->pool[fs->npool++] = st;
-		else
-			store_close(st);
-	}
-	t = fs->tree;
-	atomic_fetch_add(&t->refs, 1);
-	pthread_mutex_unlock(&fs->lock);
-	return t;
-}
-
-static void queue_note(struct fs *fs, fuse_ino_t parent, const char *name)
-{
-	struct note *n = xcalloc(1, sizeof(*n));
-
-	n->parent = parent;
-	snprintf(n->name, sizeof(n->name), "%s", name);
-	pthread_mutex_lock(&fs->note_lock);
-	n->next = fs->notes;
-	fs->notes = n;
-	pthread_cond_signal(&fs->note_wake);
-	pthread_mutex_unlock(&fs->note_lock);
-}
-
-static void *notifier_main(void *arg)
-{
-	struct fs *fs = arg;
-
-	pthread_mutex_lock(&fs->note_lock);
-	for (;;) {
-		struct note *n;
-
-		while (!fs->notes && !fs->notes_stop)
-			pthread_cond_wait(&fs->note_wake, &fs->note_lock);
-		if (fs->notes_stop)
-			break;
-		n = fs->notes;
-		fs->notes = n->next;
-		pthread_mutex_unlock(&fs->note_lock);
-		/* -ENOENT when the kernel had no such entry: fine */
-		fuse_lowlevel_notify_inval_entry(fs->se, n->parent, n->name,
-						 strlen(n->name));
-		free(n);
-		pthread_mutex_lock(&fs->note_lock);
-	}
-	while (fs->notes) {
-		struct note *n = fs->notes;
-
-		fs->notes = n->next;
-		free(n);
-	}
-	pthread_mutex_unlock(&fs->note_lock);
-	return NULL;
-}
-
-static void on_change(const struct sync_change *c, void *aux)
-{
-	struct fs *fs = aux;
-	char name[NAMES_MAX + 1];
-	const struct store_msg *m = c->msg;
-
-	if (c->kind == SYNC_FOLDERS) {
-		atomic_store(&fs->folders_dirty, true);
-	} else if (c->kind == SYNC_MESSAGE_GONE && m) {
-		names_message(name, m->date, m->zone, m->subject, m->umid);
-		queue_note(fs, INO_FOLDER_BASE + (uint64_t)m->folder, name);
-		if (m->conv)
-			queue_note(fs, INO_CONV_BASE + (uint64_t)m->conv, name);
-	}
-}
-
 /* ---- attributes ---- */
 
-static bool is_message_ino(fuse_ino_t ino)
+bool is_message_ino(fuse_ino_t ino)
 {
 	return ino >= STORE_FIRST_UMID && !(ino & INO_KIND_MASK);
 }
@@ -241,24 +72,12 @@ static void msg_attr(struct fs *fs, const struct store_msg *m,
 	st->st_ctim.tv_sec = m->date;
 }
 
-/* the control files: status is read, ctl is written */
-static void file_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
-{
-	memset(st, 0, sizeof(*st));
-	st->st_ino = ino;
-	st->st_mode = S_IFREG | (ino == INO_CTL ? 0600 : 0400);
-	st->st_nlink = 1;
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
-	st->st_blksize = 4096;
-}
-
 static bool is_conv_ino(fuse_ino_t ino)
 {
 	return (ino & INO_KIND_MASK) == INO_CONV_BASE;
 }
 
-static int get_conv(struct fs *fs, int64_t id, struct store_conv *c)
+int get_conv(struct fs *fs, int64_t id, struct store_conv *c)
 {
 	struct store *st;
 	int rc = borrow(fs, &st);
@@ -289,7 +108,7 @@ static int conv_dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 	return 0;
 }
 
-static size_t conv_name(char *buf, const struct store_conv *c)
+size_t conv_name(char *buf, const struct store_conv *c)
 {
 	return names_conversation(buf, c->first_date, c->first_zone,
 				  c->subject, c->id);
@@ -316,7 +135,7 @@ static int any_dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 	return 0;
 }
 
-static int get_msg(struct fs *fs, int64_t umid, struct store_msg *m)
+int get_msg(struct fs *fs, int64_t umid, struct store_msg *m)
 {
 	struct store *st;
 	int rc = borrow(fs, &st);
@@ -665,42 +484,6 @@ reply:
 
 /* ---- reading ---- */
 
-static char *status_text(struct fs *fs)
-{
-	struct store_folder *f = NULL;
-	struct store *st;
-	char *head, *out;
-	size_t n = 0, len;
-
-	sync_status(fs->sync, &head);
-	len = strlen(head);
-	out = head;
-	if (borrow(fs, &st))
-		return out;
-	if (!store_folder_list(st, &f, &n)) {
-		for (size_t i = 0; i < n; i++) {
-			uint64_t count = 0;
-			char *line;
-
-			if (f[i].noselect)
-				continue;
-			store_folder_count(st, f[i].id, &count);
-			line = xasprintf("folder %s: %llu messages, %s\n",
-					 f[i].display,
-					 (unsigned long long)count,
-					 f[i].low_uid == 1 ? "complete"
-							   : "learning");
-			out = xrealloc(out, len + strlen(line) + 1);
-			strcpy(out + len, line);
-			len += strlen(line);
-			free(line);
-		}
-		store_folder_list_free(f, n);
-	}
-	give_back(fs, st);
-	return out;
-}
-
 static int open_body(struct fs *fs, int64_t umid)
 {
 	struct store *st;
@@ -720,24 +503,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct store_msg m;
 	int rc, fd;
 
-	if (ino == INO_CTL) {
-		/* readable too (empty), so grep -r over the mount is quiet */
-		fi->direct_io = 1;
-		fuse_reply_open(req, fi);
+	if (ino == INO_CTL || ino == INO_STATUS) {
+		control_open(req, ino, fi);
 		return;
 	}
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
 		fuse_reply_err(req, EROFS);
-		return;
-	}
-	if (ino == INO_STATUS) {
-		struct status_buf *sb = xcalloc(1, sizeof(*sb));
-
-		sb->text = status_text(fs);
-		sb->len = strlen(sb->text);
-		fi->fh = (uint64_t)(uintptr_t)sb;
-		fi->direct_io = 1;
-		fuse_reply_open(req, fi);
 		return;
 	}
 	if (!is_message_ino(ino)) {
@@ -769,25 +540,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
-	if (ino == INO_CTL) {
-		fuse_reply_buf(req, NULL, 0);
-		return;
-	}
-	if (ino == INO_STATUS) {
-		struct status_buf *sb = (struct status_buf *)(uintptr_t)fi->fh;
-		size_t n = 0;
-		char *copy;
-
-		if ((size_t)off < sb->len)
-			n = size < sb->len - (size_t)off ? size
-							 : sb->len - (size_t)off;
-		/* a copy: the release that frees sb may run on another
-		 * thread as soon as the reader has its bytes */
-		copy = xmalloc(n);
-		if (n)
-			memcpy(copy, sb->text + off, n);
-		fuse_reply_buf(req, copy, n);
-		free(copy);
+	if (ino == INO_CTL || ino == INO_STATUS) {
+		control_read(req, ino, size, off, fi);
 		return;
 	}
 	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
@@ -801,108 +555,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_release(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
-	if (ino == INO_STATUS) {
-		struct status_buf *sb = (struct status_buf *)(uintptr_t)fi->fh;
-
-		free(sb->text);
-		free(sb);
-	} else if (ino != INO_CTL) {
-		close((int)fi->fh);
-	}
-	fuse_reply_err(req, 0);
-}
-
-/* ---- extended attributes ---- */
-
-static int xattr_value(struct fs *fs, fuse_ino_t ino, const char *name,
-		       char **value)
-{
-	struct store_msg m;
-	int rc;
-
-	if (!is_message_ino(ino))
-		return -ENODATA;
-	rc = get_msg(fs, (int64_t)ino, &m);
-	if (rc)
-		return rc;
-	rc = 0;
-	if (!strcmp(name, xattr_names[0])) {
-		*value = xstrdup(m.flags ? m.flags : "");
-	} else if (!strcmp(name, xattr_names[1]) && m.message_id) {
-		*value = xstrdup(m.message_id);
-	} else if (!strcmp(name, xattr_names[2])) {
-		*value = xasprintf("%u", m.uid);
-	} else if (!strcmp(name, xattr_names[3])) {
-		struct store_folder f;
-		struct store *st;
-
-		rc = borrow(fs, &st);
-		if (!rc) {
-			rc = store_folder_get(st, m.folder, &f);
-			give_back(fs, st);
-		}
-		if (!rc) {
-			*value = xstrdup(f.name);
-			store_folder_release(&f);
-		}
-	} else if (!strcmp(name, xattr_names[4]) && m.conv) {
-		/* the directory name under Conversations/ */
-		struct store_conv c;
-		char buf[NAMES_MAX + 1];
-
-		rc = get_conv(fs, m.conv, &c);
-		if (!rc) {
-			conv_name(buf, &c);
-			*value = xstrdup(buf);
-			store_conv_release(&c);
-		}
-	} else {
-		rc = -ENODATA;
-	}
-	store_msg_release(&m);
-	return rc;
-}
-
-static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
-			size_t size)
-{
-	char *value = NULL;
-	int rc = xattr_value(fs_of(req), ino, name, &value);
-	size_t len;
-
-	if (rc) {
-		fuse_reply_err(req, -rc);
+	if (ino == INO_CTL || ino == INO_STATUS) {
+		control_release(req, ino, fi);
 		return;
 	}
-	len = strlen(value);
-	if (!size)
-		fuse_reply_xattr(req, len);
-	else if (size < len)
-		fuse_reply_err(req, ERANGE);
-	else
-		fuse_reply_buf(req, value, len);
-	free(value);
-}
-
-static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
-{
-	char buf[256];
-	size_t len = 0;
-
-	if (is_message_ino(ino)) {
-		for (size_t i = 0; i < sizeof(xattr_names) / sizeof(xattr_names[0]);
-		     i++) {
-			memcpy(buf + len, xattr_names[i],
-			       strlen(xattr_names[i]) + 1);
-			len += strlen(xattr_names[i]) + 1;
-		}
-	}
-	if (!size)
-		fuse_reply_xattr(req, len);
-	else if (size < len)
-		fuse_reply_err(req, ERANGE);
-	else
-		fuse_reply_buf(req, buf, len);
+	close((int)fi->fh);
+	fuse_reply_err(req, 0);
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
@@ -974,24 +632,14 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	fuse_reply_err(req, EROFS);
 }
 
-/* .convoyfs/ctl: "sync" asks for a refresh of every folder now */
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		     size_t size, off_t off, struct fuse_file_info *fi)
 {
-	size_t n = size;
-
 	if (ino != INO_CTL) {
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	while (n && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
-		n--;
-	if (n == 4 && !memcmp(buf, "sync", 4)) {
-		sync_request_refresh(fs_of(req)->sync);
-		fuse_reply_write(req, size);
-	} else {
-		fuse_reply_err(req, EINVAL);
-	}
+	control_write(req, ino, buf, size, off, fi);
 }
 
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
@@ -1005,7 +653,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 	fuse_reply_err(req, EROFS);
 }
 
-static const struct fuse_lowlevel_ops ops = {
+const struct fuse_lowlevel_ops fs_ops = {
 	.lookup = op_lookup,
 	.getattr = op_getattr,
 	.readdir = op_readdir,
@@ -1028,77 +676,3 @@ static const struct fuse_lowlevel_ops ops = {
 	.setxattr = op_setxattr,
 	.removexattr = op_removexattr,
 };
-
-int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
-{
-	struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
-	struct fuse_loop_config *lc;
-	struct fuse_session *se;
-	struct fs fs = { .a = a, .sync = sync };
-	int ret = 1, rc;
-
-	fs.uid = getuid();
-	fs.gid = getgid();
-	pthread_mutex_init(&fs.lock, NULL);
-	pthread_mutex_init(&fs.note_lock, NULL);
-	pthread_cond_init(&fs.note_wake, NULL);
-	fuse_opt_add_arg(&fargs, argv[0]);
-	if (a->debug)
-		fuse_opt_add_arg(&fargs, "-d");
-	fuse_opt_add_arg(&fargs, "-o");
-	fuse_opt_add_arg(&fargs, a->allow_other
-					 ? "fsname=convoyfs,subtype=convoyfs,"
-					   "allow_other"
-					 : "fsname=convoyfs,subtype=convoyfs");
-
-	se = fuse_session_new(&fargs, &ops, sizeof(ops), &fs);
-	if (!se)
-		goto out_args;
-	if (fuse_set_signal_handlers(se))
-		goto out_session;
-	if (fuse_session_mount(se, a->mountpoint)) {
-		fprintf(stderr, "convoyfs: cannot mount on %s\n",
-			a->mountpoint);
-		goto out_signals;
-	}
-	fuse_daemonize(a->foreground);
-	if (!a->foreground)
-		log_set_syslog(true);
-
-	fs.se = se;
-	if (!pthread_create(&fs.notifier, NULL, notifier_main, &fs))
-		fs.notifier_started = true;
-	sync_set_changed(sync, on_change, &fs);
-	rc = sync_start(sync);
-	if (rc) {
-		log_error("cannot start the sync: %s", strerror(-rc));
-		goto out_unmount;
-	}
-	lc = fuse_loop_cfg_create();
-	fuse_loop_cfg_set_max_threads(lc, 16);
-	ret = fuse_session_loop_mt(se, lc) ? 1 : 0;
-	fuse_loop_cfg_destroy(lc);
-	sync_stop(sync);
-out_unmount:
-	if (fs.notifier_started) {
-		pthread_mutex_lock(&fs.note_lock);
-		fs.notes_stop = true;
-		pthread_cond_signal(&fs.note_wake);
-		pthread_mutex_unlock(&fs.note_lock);
-		pthread_join(fs.notifier, NULL);
-	}
-	fuse_session_unmount(se);
-out_signals:
-	fuse_remove_signal_handlers(se);
-out_session:
-	fuse_session_destroy(se);
-out_args:
-	fuse_opt_free_args(&fargs);
-	tree_put(fs.tree);
-	for (size_t i = 0; i < fs.npool; i++)
-		store_close(fs.pool[i]);
-	pthread_mutex_destroy(&fs.lock);
-	pthread_mutex_destroy(&fs.note_lock);
-	pthread_cond_destroy(&fs.note_wake);
-	return ret;
-}

@@ -1,0 +1,141 @@
+/*
+ * control.c - the files in .convoyfs/: status is read for the state of
+ * the sync and of every folder, ctl is written with a command ("sync").
+ */
+#define LOG_CAT "fs"
+#include "fs_i.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+struct status_buf {
+	char *text;
+	size_t len;
+};
+
+/* the control files: status is read, ctl is written */
+void file_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_mode = S_IFREG | (ino == INO_CTL ? 0600 : 0400);
+	st->st_nlink = 1;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_blksize = 4096;
+}
+
+static char *status_text(struct fs *fs)
+{
+	struct store_folder *f = NULL;
+	struct store *st;
+	char *head, *out;
+	size_t n = 0, len;
+
+	sync_status(fs->sync, &head);
+	len = strlen(head);
+	out = head;
+	if (borrow(fs, &st))
+		return out;
+	if (!store_folder_list(st, &f, &n)) {
+		for (size_t i = 0; i < n; i++) {
+			uint64_t count = 0;
+			char *line;
+
+			if (f[i].noselect)
+				continue;
+			store_folder_count(st, f[i].id, &count);
+			line = xasprintf("folder %s: %llu messages, %s\n",
+					 f[i].display,
+					 (unsigned long long)count,
+					 f[i].low_uid == 1 ? "complete"
+							   : "learning");
+			out = xrealloc(out, len + strlen(line) + 1);
+			strcpy(out + len, line);
+			len += strlen(line);
+			free(line);
+		}
+		store_folder_list_free(f, n);
+	}
+	give_back(fs, st);
+	return out;
+}
+
+void control_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct status_buf *sb;
+
+	if (ino == INO_CTL) {
+		/* readable too (empty), so grep -r over the mount is quiet */
+		fi->direct_io = 1;
+		fuse_reply_open(req, fi);
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	sb = xcalloc(1, sizeof(*sb));
+	sb->text = status_text(fs);
+	sb->len = strlen(sb->text);
+	fi->fh = (uint64_t)(uintptr_t)sb;
+	fi->direct_io = 1;
+	fuse_reply_open(req, fi);
+}
+
+void control_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		  struct fuse_file_info *fi)
+{
+	struct status_buf *sb = (struct status_buf *)(uintptr_t)fi->fh;
+	size_t n = 0;
+	char *copy;
+
+	if (ino == INO_CTL) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	if ((size_t)off < sb->len)
+		n = size < sb->len - (size_t)off ? size
+						 : sb->len - (size_t)off;
+	/* a copy: the release that frees sb may run on another
+	 * thread as soon as the reader has its bytes */
+	copy = xmalloc(n);
+	if (n)
+		memcpy(copy, sb->text + off, n);
+	fuse_reply_buf(req, copy, n);
+	free(copy);
+}
+
+void control_release(fuse_req_t req, fuse_ino_t ino,
+		     struct fuse_file_info *fi)
+{
+	if (ino == INO_STATUS) {
+		struct status_buf *sb = (struct status_buf *)(uintptr_t)fi->fh;
+
+		free(sb->text);
+		free(sb);
+	}
+	fuse_reply_err(req, 0);
+}
+
+/* .convoyfs/ctl: "sync" asks for a refresh of every folder now */
+void control_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		   size_t size, off_t off, struct fuse_file_info *fi)
+{
+	size_t n = size;
+
+	while (n && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+		n--;
+	if (n == 4 && !memcmp(buf, "sync", 4)) {
+		sync_request_refresh(fs_of(req)->sync);
+		fuse_reply_write(req, size);
+	} else {
+		fuse_reply_err(req, EINVAL);
+	}
+}

@@ -1,0 +1,122 @@
+/*
+ * fs_i.h - private to fs/: the state of a mounted filesystem and what
+ * the files answering the kernel share. ops.c holds the operations,
+ * control.c the .convoyfs files, xattr.c the extended attributes,
+ * notify.c the kernel notifications and mount.c the mount's lifecycle
+ * and its store pool.
+ */
+#ifndef CONVOY_FS_I_H
+#define CONVOY_FS_I_H
+
+#include <fuse_lowlevel.h>
+
+#include "fs.h"
+
+#include <sys/stat.h>
+
+#define POOL_MAX 8
+
+struct note; /* notify.c */
+
+struct fs {
+	struct fs_args *a; /* borrowed */
+	struct sync *sync; /* borrowed */
+	struct fuse_session *se;
+	/* the notifier thread tells the kernel, never from a handler or
+	 * from the sync thread, which must not block on the kernel */
+	pthread_t notifier;
+	bool notifier_started;
+	pthread_mutex_t note_lock; /* guards notes, notes_stop */
+	pthread_cond_t note_wake;
+	struct note *notes;
+	bool notes_stop;
+	uid_t uid;
+	gid_t gid;
+	pthread_mutex_t lock; /* guards tree and pool */
+	struct tree *tree;
+	atomic_bool folders_dirty;
+	struct store *pool[POOL_MAX];
+	size_t npool;
+};
+
+static inline struct fs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+/* ---- mount.c: store connections and the folder tree ---- */
+
+/*
+ * borrow - a store connection from the pool, or a new one when the pool
+ * is empty. Returns 0 or -EIO (logged here). Hand it back with
+ * give_back(). Thread: any.
+ */
+int borrow(struct fs *fs, struct store **out);
+/* give_back - return @st to the pool, or close it when the pool is full */
+void give_back(struct fs *fs, struct store *st);
+/*
+ * tree_get - the folder tree, rebuilt first if sync changed the folders.
+ * Never NULL; the caller holds a reference and drops it with tree_put().
+ */
+struct tree *tree_get(struct fs *fs);
+
+/* ---- ops.c: the operations ---- */
+
+extern const struct fuse_lowlevel_ops fs_ops;
+
+/* is_message_ino - whether @ino is a message file's (its umid) */
+bool is_message_ino(fuse_ino_t ino);
+/*
+ * get_msg - load message @umid into @m. Returns 0, -ENOENT if there is
+ * no such message or it is flagged \Deleted, or -EIO. Release @m with
+ * store_msg_release().
+ */
+int get_msg(struct fs *fs, int64_t umid, struct store_msg *m);
+/*
+ * get_conv - load conversation @id into @c. Returns 0, -ENOENT if there
+ * is no such conversation or it is empty, or -EIO. Release @c with
+ * store_conv_release().
+ */
+int get_conv(struct fs *fs, int64_t id, struct store_conv *c);
+/* conv_name - the directory name of @c under Conversations/ into @buf
+ * (NAMES_MAX + 1 bytes); returns its length */
+size_t conv_name(char *buf, const struct store_conv *c);
+
+/* ---- control.c: .convoyfs/status and .convoyfs/ctl ---- */
+
+/* file_attr - the attributes of INO_STATUS or INO_CTL */
+void file_attr(struct fs *fs, fuse_ino_t ino, struct stat *st);
+/*
+ * control_open, control_read, control_release, control_write - the
+ * open, read, release and write operations for INO_STATUS and INO_CTL
+ * only. Each replies to @req.
+ */
+void control_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void control_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		  struct fuse_file_info *fi);
+void control_release(fuse_req_t req, fuse_ino_t ino,
+		     struct fuse_file_info *fi);
+void control_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		   size_t size, off_t off, struct fuse_file_info *fi);
+
+/* ---- xattr.c: extended attributes (user.convoyfs.*) of messages ---- */
+
+void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+		 size_t size);
+void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+
+/* ---- notify.c: telling the kernel ---- */
+
+/*
+ * notifier_main - the notifier thread: invalidates the queued names in
+ * the kernel until fs->notes_stop is set, then frees what is left.
+ */
+void *notifier_main(void *arg);
+/*
+ * on_change - the sync's changed callback (@aux is the struct fs): marks
+ * the folder tree stale, or queues the names of a message that is gone.
+ * Thread: the sync thread; never blocks on the kernel.
+ */
+void on_change(const struct sync_change *c, void *aux);
+
+#endif

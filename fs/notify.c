@@ -1,0 +1,81 @@
+/*
+ * notify.c - kernel notifications: sync reports a message gone, its
+ * names are queued, and the notifier thread tells the kernel to forget
+ * them.
+ */
+#define LOG_CAT "fs"
+#include "fs_i.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "names.h"
+
+/* a name the kernel must forget: the message behind it is gone */
+struct note {
+	fuse_ino_t parent;
+	char name[NAMES_MAX + 1];
+	struct note *next;
+};
+
+static void queue_note(struct fs *fs, fuse_ino_t parent, const char *name)
+{
+	struct note *n = xcalloc(1, sizeof(*n));
+
+	n->parent = parent;
+	snprintf(n->name, sizeof(n->name), "%s", name);
+	pthread_mutex_lock(&fs->note_lock);
+	n->next = fs->notes;
+	fs->notes = n;
+	pthread_cond_signal(&fs->note_wake);
+	pthread_mutex_unlock(&fs->note_lock);
+}
+
+void *notifier_main(void *arg)
+{
+	struct fs *fs = arg;
+
+	pthread_mutex_lock(&fs->note_lock);
+	for (;;) {
+		struct note *n;
+
+		while (!fs->notes && !fs->notes_stop)
+			pthread_cond_wait(&fs->note_wake, &fs->note_lock);
+		if (fs->notes_stop)
+			break;
+		n = fs->notes;
+		fs->notes = n->next;
+		pthread_mutex_unlock(&fs->note_lock);
+		/* -ENOENT when the kernel had no such entry: fine */
+		fuse_lowlevel_notify_inval_entry(fs->se, n->parent, n->name,
+						 strlen(n->name));
+		free(n);
+		pthread_mutex_lock(&fs->note_lock);
+	}
+	while (fs->notes) {
+		struct note *n = fs->notes;
+
+		fs->notes = n->next;
+		free(n);
+	}
+	pthread_mutex_unlock(&fs->note_lock);
+	return NULL;
+}
+
+void on_change(const struct sync_change *c, void *aux)
+{
+	struct fs *fs = aux;
+	char name[NAMES_MAX + 1];
+	const struct store_msg *m = c->msg;
+
+	if (c->kind == SYNC_FOLDERS) {
+		atomic_store(&fs->folders_dirty, true);
+	} else if (c->kind == SYNC_MESSAGE_GONE && m) {
+		names_message(name, m->date, m->zone, m->subject, m->umid);
+		queue_note(fs, INO_FOLDER_BASE + (uint64_t)m->folder, name);
+		if (m->conv)
+			queue_note(fs, INO_CONV_BASE + (uint64_t)m->conv, name);
+	}
+}
