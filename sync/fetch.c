@@ -191,7 +191,7 @@ static void *fetcher_main(void *arg)
 
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
-		struct fetch_req *req;
+		struct fetch_req *req = NULL;
 		int64_t umid;
 		int rc;
 
