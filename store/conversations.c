@@ -65,23 +65,13 @@ static int step_done(struct store *s, enum store_stmt id, sqlite3_stmt *st)
 int store_conv_get(struct store *s, int64_t id, struct store_conv *out)
 {
 	sqlite3_stmt *st;
-	int rc;
+	int rc = store_get_row(s, ST_CONV_GET, id, &st);
 
-	rc = store_prepare(s, ST_CONV_GET, &st);
 	if (rc)
 		return rc;
-	sqlite3_bind_int64(st, 1, id);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		conv_from_row(st, out);
-		rc = 0;
-	} else if (rc == SQLITE_DONE) {
-		rc = -ENOENT;
-	} else {
-		rc = store_fail(s, ST_CONV_GET, rc);
-	}
+	conv_from_row(st, out);
 	store_done(st);
-	return rc;
+	return 0;
 }
 
 void store_conv_release(struct store_conv *c)

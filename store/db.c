@@ -240,6 +240,22 @@ int store_errno(int rc)
 	}
 }
 
+int store_get_row(struct store *s, enum store_stmt id, int64_t key,
+		  sqlite3_stmt **st)
+{
+	int rc = store_prepare(s, id, st);
+
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(*st, 1, key);
+	rc = sqlite3_step(*st);
+	if (rc == SQLITE_ROW)
+		return 0;
+	rc = rc == SQLITE_DONE ? -ENOENT : store_fail(s, id, rc);
+	store_done(*st);
+	return rc;
+}
+
 int store_prepare(struct store *s, enum store_stmt id, sqlite3_stmt **out)
 {
 	int rc;

@@ -64,23 +64,13 @@ int store_folder_put(struct store *s, const struct store_folder *f, int64_t *id)
 int store_folder_get(struct store *s, int64_t id, struct store_folder *out)
 {
 	sqlite3_stmt *st;
-	int rc;
+	int rc = store_get_row(s, ST_FOLDER_GET, id, &st);
 
-	rc = store_prepare(s, ST_FOLDER_GET, &st);
 	if (rc)
 		return rc;
-	sqlite3_bind_int64(st, 1, id);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		folder_from_row(st, out);
-		rc = 0;
-	} else if (rc == SQLITE_DONE) {
-		rc = -ENOENT;
-	} else {
-		rc = store_fail(s, ST_FOLDER_GET, rc);
-	}
+	folder_from_row(st, out);
 	store_done(st);
-	return rc;
+	return 0;
 }
 
 void store_folder_release(struct store_folder *f)

@@ -308,23 +308,13 @@ out_free:
 int store_msg_get(struct store *s, int64_t umid, struct store_msg *out)
 {
 	sqlite3_stmt *st;
-	int rc;
+	int rc = store_get_row(s, ST_MSG_GET, umid, &st);
 
-	rc = store_prepare(s, ST_MSG_GET, &st);
 	if (rc)
 		return rc;
-	sqlite3_bind_int64(st, 1, umid);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		msg_from_row(st, out);
-		rc = 0;
-	} else if (rc == SQLITE_DONE) {
-		rc = -ENOENT;
-	} else {
-		rc = store_fail(s, ST_MSG_GET, rc);
-	}
+	msg_from_row(st, out);
 	store_done(st);
-	return rc;
+	return 0;
 }
 
 void store_msg_release(struct store_msg *m)

@@ -140,6 +140,14 @@ int store_prepare(struct store *s, enum store_stmt id, sqlite3_stmt **out);
 void store_done(sqlite3_stmt *st);
 
 /*
+ * store_get_row - run statement @id with @key bound to ?1: 0 with *@st on
+ * the first row (read it, then store_done), -ENOENT if there is none, or
+ * -errno (logged). For the get-by-id calls of every table.
+ */
+int store_get_row(struct store *s, enum store_stmt id, int64_t key,
+		  sqlite3_stmt **st);
+
+/*
  * store_fail - log that statement @id failed with result @rc (with
  * sqlite3_errmsg, so call it before store_done) and return store_errno(rc).
  */
