@@ -273,20 +273,6 @@ int store_body_append(struct store_body_writer *w, const void *buf, size_t len)
 	return 0;
 }
 
-static int fsync_dir(const char *dir)
-{
-	int fd, rc = 0;
-
-	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd))
-		rc = -errno;
-	if (fd >= 0)
-		close(fd);
-	if (rc)
-		log_error("cannot sync directory %s: %s", dir, strerror(-rc));
-	return rc;
-}
-
 static int body_row_put(struct store *s, int64_t umid, uint64_t size)
 {
 	sqlite3_stmt *st;
@@ -332,9 +318,10 @@ int store_body_commit(struct store_body_writer *w)
 			  strerror(errno));
 		goto out_abort;
 	}
-	rc = fsync_dir(w->dir);
-	if (!rc)
-		rc = body_row_put(w->s, w->umid, w->size);
+	/* no fsync of the directory: a rename lost in a power cut only
+	 * means the body is fetched again; the file's own fsync above keeps
+	 * a renamed body whole */
+	rc = body_row_put(w->s, w->umid, w->size);
 	if (rc)
 		/* not durable or not accounted for: not cached */
 		unlink(path);

@@ -188,6 +188,7 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"UPDATE header_ids SET conv = ?1 WHERE conv = ?2" },
 	[ST_CONV_DELETE] = { "conv_delete",
 		"DELETE FROM conversations WHERE id = ?1" },
+	[ST_SYNC_NORMAL] = { "sync_normal", "PRAGMA synchronous = NORMAL" },
 };
 /* clang-format on */
 
@@ -238,6 +239,11 @@ int store_errno(int rc)
 	default:
 		return -EIO;
 	}
+}
+
+int store_cache_only(struct store *s)
+{
+	return store_exec(s, ST_SYNC_NORMAL);
 }
 
 int store_get_row(struct store *s, enum store_stmt id, int64_t key,

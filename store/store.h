@@ -70,6 +70,14 @@ struct store_msg {
  */
 int store_open(const char *dir, struct store **out);
 
+/*
+ * store_cache_only - declare that @s writes nothing but the body cache
+ * (a fetcher's connection): its commits are not synced to disk one by
+ * one (WAL, synchronous=NORMAL). A body row lost in a power cut costs a
+ * fetch again, never a message; every other connection keeps FULL.
+ */
+int store_cache_only(struct store *s);
+
 /* store_close - finalize statements and close; NULL is fine. */
 void store_close(struct store *s);
 

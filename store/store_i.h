@@ -57,6 +57,8 @@ enum store_stmt {
 	ST_CONV_MERGE_MSGS,
 	ST_CONV_MERGE_IDS,
 	ST_CONV_DELETE,
+	/* db.c */
+	ST_SYNC_NORMAL,
 	ST__COUNT
 };
 

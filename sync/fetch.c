@@ -278,6 +278,8 @@ int fetch_start(struct sync *s)
 		f->s = s;
 		rc = store_open(s->cfg.cache_dir, &f->st);
 		if (!rc)
+			rc = store_cache_only(f->st);
+		if (!rc)
 			rc = -pthread_create(&f->thread, NULL, fetcher_main, f);
 		if (rc) {
 			store_close(f->st);
