@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common.h"
 
@@ -44,17 +45,37 @@ static char *status_text(struct fs *fs)
 		return out;
 	if (!store_folder_list(st, &f, &n)) {
 		for (size_t i = 0; i < n; i++) {
+			struct sync_folder_status fst;
 			uint64_t count = 0;
-			char *line;
+			char total[32] = "?", state[256], *line;
 
 			if (f[i].noselect)
 				continue;
 			store_folder_count(st, f[i].id, &count);
-			line = xasprintf("folder %s: %llu messages, %s\n",
-					 f[i].display,
-					 (unsigned long long)count,
+			sync_folder_status(fs->sync, f[i].id, &fst);
+			if (fst.has_total)
+				snprintf(total, sizeof(total), "%u", fst.total);
+			if (fst.failed) {
+				struct tm tm;
+				time_t t = (time_t)fst.when;
+				char when[32];
+
+				localtime_r(&t, &tm);
+				strftime(when, sizeof(when),
+					 "%Y-%m-%d %H:%M:%S", &tm);
+				snprintf(state, sizeof(state),
+					 "failed: %s (%s)", fst.error, when);
+			} else {
+				snprintf(state, sizeof(state), "%s",
 					 f[i].low_uid == 1 ? "complete"
 							   : "learning");
+			}
+			/* known/total: what the store holds of what the
+			 * server had at the last look */
+			line = xasprintf("folder %s: %llu/%s messages, %s\n",
+					 f[i].display,
+					 (unsigned long long)count, total,
+					 state);
 			out = xrealloc(out, len + strlen(line) + 1);
 			strcpy(out + len, line);
 			len += strlen(line);

@@ -37,10 +37,11 @@ bool is_message_ino(fuse_ino_t ino)
 
 static bool msg_hidden(const struct store_msg *m)
 {
-	/* a message flagged \Deleted is gone as far as a reader goes */
+	/* a message flagged \Deleted is gone as far as a reader goes, and
+	 * so is an orphan (uid 0: no longer where we knew it) */
 	const char *p = strstr(m->flags ? m->flags : "", "\\Deleted");
 
-	return p && (p[8] == '\0' || p[8] == ' ');
+	return !m->uid || (p && (p[8] == '\0' || p[8] == ' '));
 }
 
 static void dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,12 +25,13 @@ struct stmt_def {
 
 #define MSG_COLUMNS                                                          \
 	"m.umid, m.folder, m.uid, m.conv, f.flags, m.date, m.zone, m.size, " \
-	"m.message_id, m.subject, m.sender, m.refs, m.in_reply_to "          \
+	"m.message_id, m.subject, m.sender, m.refs, m.in_reply_to, "         \
+	"m.emailid "                                                         \
 	"FROM messages m LEFT JOIN flagsets f ON f.id = m.flagset "
 
 #define FOLDER_COLUMNS                                                     \
 	"id, name, display, delim, role, noselect, uidvalidity, uidnext, " \
-	"low_uid, highestmodseq, last_refresh FROM folders "
+	"low_uid, highestmodseq, last_refresh, mailboxid FROM folders "
 
 #define CONV_COLUMNS \
 	"id, subject, first_date, first_zone, last_date, count FROM conversations "
@@ -72,7 +74,7 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"low_uid = ?4, highestmodseq = ?5, last_refresh = ?6 "
 		"WHERE id = ?1" },
 	[ST_FOLDER_COUNT] = { "folder_count",
-		"SELECT count(*) FROM messages WHERE folder = ?1" },
+		"SELECT count(*) FROM messages WHERE folder = ?1 AND uid > 0" },
 	[ST_FLAGSET_ADD] = { "flagset_add",
 		"INSERT OR IGNORE INTO flagsets (flags, refs) VALUES (?1, 0)" },
 	[ST_FLAGSET_ID] = { "flagset_id",
@@ -89,8 +91,8 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 	 */
 	[ST_MSG_PUT] = { "msg_put",
 		"INSERT INTO messages (folder, uid, conv, flagset, date, zone, "
-		"size, message_id, subject, sender, refs, in_reply_to) "
-		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) "
+		"size, message_id, subject, sender, refs, in_reply_to, emailid) "
+		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
 		"ON CONFLICT (folder, uid) DO NOTHING" },
 	[ST_MSG_LOCATE] = { "msg_locate",
 		"SELECT umid, conv, flagset FROM messages "
@@ -106,7 +108,8 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"DELETE FROM messages WHERE umid = ?1" },
 	[ST_MSG_LIST] = { "msg_list",
 		"SELECT " MSG_COLUMNS
-		"WHERE m.folder = ?1 AND m.umid > ?2 ORDER BY m.umid LIMIT ?3" },
+		"WHERE m.folder = ?1 AND m.umid > ?2 AND m.uid > 0 "
+		"ORDER BY m.umid LIMIT ?3" },
 	[ST_MSG_UIDS] = { "msg_uids",
 		"SELECT uid FROM messages WHERE folder = ?1 "
 		"AND uid BETWEEN ?2 AND ?3 ORDER BY uid" },
@@ -135,7 +138,8 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"ORDER BY id LIMIT ?2" },
 	[ST_CONV_MESSAGES] = { "conv_messages",
 		"SELECT " MSG_COLUMNS
-		"WHERE m.conv = ?1 AND m.umid > ?2 ORDER BY m.umid LIMIT ?3" },
+		"WHERE m.conv = ?1 AND m.umid > ?2 AND m.uid > 0 "
+		"ORDER BY m.umid LIMIT ?3" },
 	[ST_CONV_UNTHREADED] = { "conv_unthreaded",
 		"SELECT " MSG_COLUMNS
 		"WHERE m.conv IS NULL AND m.umid > ?1 ORDER BY m.umid LIMIT ?2" },
@@ -189,6 +193,39 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 	[ST_CONV_DELETE] = { "conv_delete",
 		"DELETE FROM conversations WHERE id = ?1" },
 	[ST_SYNC_NORMAL] = { "sync_normal", "PRAGMA synchronous = NORMAL" },
+
+	/* ---- orphans.c ---- */
+	[ST_MSG_ORPHAN] = { "msg_orphan",
+		"UPDATE messages SET uid = -umid WHERE umid = ?1 AND uid > 0" },
+	[ST_FOLDER_ORPHAN_ALL] = { "folder_orphan_all",
+		"UPDATE messages SET uid = -umid WHERE folder = ?1 AND uid > 0" },
+	/* served by the partial index messages_orphans */
+	[ST_ORPHAN_MATCH] = { "orphan_match",
+		"SELECT umid, emailid, message_id FROM messages "
+		"WHERE uid < 0 AND date = ?1 AND size = ?2 ORDER BY umid" },
+	/* rows stored since ?1 (a range of the primary key) */
+	[ST_TWIN_MATCH] = { "twin_match",
+		"SELECT umid, emailid, message_id FROM messages "
+		"WHERE umid > ?1 AND uid > 0 AND folder != ?4 "
+		"AND date = ?2 AND size = ?3 ORDER BY umid" },
+	[ST_MSG_REHOME] = { "msg_rehome",
+		"UPDATE messages SET folder = ?2, uid = ?3, flagset = ?4, "
+		"emailid = coalesce(?5, emailid) WHERE umid = ?1" },
+	[ST_MSG_FLAGSET_OF] = { "msg_flagset_of",
+		"SELECT flagset, folder, uid FROM messages WHERE umid = ?1" },
+	[ST_FOLDER_ORPHANS] = { "folder_orphans",
+		"SELECT umid FROM messages WHERE folder = ?1 AND uid < 0 "
+		"ORDER BY umid LIMIT 1000" },
+	[ST_MSG_MAX_UMID] = { "msg_max_umid",
+		"SELECT coalesce(max(umid), 0) FROM messages" },
+	[ST_MSG_UIDS_FROM] = { "msg_uids_from",
+		"SELECT uid FROM messages WHERE folder = ?1 AND uid >= ?2 "
+		"AND uid < ?3 ORDER BY uid LIMIT ?4" },
+	[ST_FOLDER_RENAME] = { "folder_rename",
+		"UPDATE folders SET name = ?2, display = ?3, delim = ?4, "
+		"role = ?5, noselect = ?6 WHERE id = ?1" },
+	[ST_FOLDER_SET_MAILBOXID] = { "folder_set_mailboxid",
+		"UPDATE folders SET mailboxid = ?2 WHERE id = ?1" },
 };
 /* clang-format on */
 
@@ -343,6 +380,25 @@ char *store_column_strdup(sqlite3_stmt *st, int col)
 	const unsigned char *t = sqlite3_column_text(st, col);
 
 	return t ? xstrdup((const char *)t) : NULL;
+}
+
+/* CONVOYFS_TEST_FAIL_PUT=N: the Nth message stored in this process
+ * fails (read once; 0 or unset: never) */
+static long fail_put_at;
+static atomic_long puts_seen;
+static pthread_once_t fail_put_once = PTHREAD_ONCE_INIT;
+
+static void fail_put_init(void)
+{
+	const char *v = getenv("CONVOYFS_TEST_FAIL_PUT");
+
+	fail_put_at = v ? strtol(v, NULL, 10) : 0;
+}
+
+bool store_test_fail(void)
+{
+	pthread_once(&fail_put_once, fail_put_init);
+	return fail_put_at > 0 && atomic_fetch_add(&puts_seen, 1) + 1 == fail_put_at;
 }
 
 int64_t store_now_ms(void)

@@ -32,6 +32,7 @@ static void folder_from_row(sqlite3_stmt *st, struct store_folder *f)
 	f->low_uid = (uint32_t)sqlite3_column_int64(st, 8);
 	f->highestmodseq = (uint64_t)sqlite3_column_int64(st, 9);
 	f->last_refresh = sqlite3_column_int64(st, 10);
+	f->mailboxid = store_column_strdup(st, 11);
 }
 
 int store_folder_put(struct store *s, const struct store_folder *f, int64_t *id)
@@ -80,7 +81,8 @@ void store_folder_release(struct store_folder *f)
 	free(f->name);
 	free(f->display);
 	free(f->role);
-	f->name = f->display = f->role = NULL;
+	free(f->mailboxid);
+	f->name = f->display = f->role = f->mailboxid = NULL;
 }
 
 int store_folder_list(struct store *s, struct store_folder **out, size_t *n)

@@ -17,7 +17,9 @@ static void msg_from_row(sqlite3_stmt *st, struct store_msg *m)
 	memset(m, 0, sizeof(*m));
 	m->umid = sqlite3_column_int64(st, 0);
 	m->folder = sqlite3_column_int64(st, 1);
-	m->uid = (uint32_t)sqlite3_column_int64(st, 2);
+	/* an orphan (uid < 0, see orphans.c) reads as UID 0 */
+	m->uid = sqlite3_column_int64(st, 2) > 0 ?
+			 (uint32_t)sqlite3_column_int64(st, 2) : 0;
 	m->conv = sqlite3_column_int64(st, 3);
 	m->flags = store_column_strdup(st, 4);
 	if (!m->flags)
@@ -30,6 +32,7 @@ static void msg_from_row(sqlite3_stmt *st, struct store_msg *m)
 	m->from = store_column_strdup(st, 10);
 	m->references = store_column_strdup(st, 11);
 	m->in_reply_to = store_column_strdup(st, 12);
+	m->emailid = store_column_strdup(st, 13);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -186,8 +189,10 @@ static int msg_count_in(struct store *s, const struct store_msg *m,
 }
 
 /* (@m->folder, @m->uid) is stored already: set its umid and conv in @m,
- * and its flag set to @flagset */
-static int msg_update(struct store *s, struct store_msg *m, int64_t flagset)
+ * and its flag set to @flagset; *@changed (may be NULL) says whether
+ * that was a change */
+static int msg_update(struct store *s, struct store_msg *m, int64_t flagset,
+		      bool *changed)
 {
 	sqlite3_stmt *st;
 	int64_t old = 0;
@@ -210,6 +215,8 @@ static int msg_update(struct store *s, struct store_msg *m, int64_t flagset)
 				SQLITE_INTERNAL : rc);
 	}
 	store_done(st);
+	if (changed)
+		*changed = !rc && old != flagset;
 	if (rc || old == flagset)
 		return rc;
 	/* the old flag set may go with its last message */
@@ -242,6 +249,11 @@ int store_msg_put(struct store *s, struct store_msg *m)
 	rc = store_tx_own(s, &own);
 	if (rc)
 		goto out_free;
+	if (store_test_fail()) {
+		log_error("msg_put failed: test hook CONVOYFS_TEST_FAIL_PUT");
+		rc = -EIO;
+		goto out_tx;
+	}
 	rc = flagset_id(s, flags, &flagset);
 	if (rc)
 		goto out_tx;
@@ -265,6 +277,7 @@ int store_msg_put(struct store *s, struct store_msg *m)
 	 * threaded yet */
 	store_bind_text(st, 11, m->conv ? NULL : m->references);
 	store_bind_text(st, 12, m->conv ? NULL : m->in_reply_to);
+	store_bind_text(st, 13, m->emailid);
 	rc = sqlite3_step(st);
 	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_MSG_PUT, rc);
 	store_done(st);
@@ -274,7 +287,7 @@ int store_msg_put(struct store *s, struct store_msg *m)
 		m->umid = sqlite3_last_insert_rowid(s->db);
 		rc = msg_count_in(s, m, flagset);
 	} else {
-		rc = msg_update(s, m, flagset);
+		rc = msg_update(s, m, flagset, NULL);
 	}
 out_tx:
 	rc = store_tx_end(s, own, rc);
@@ -284,7 +297,7 @@ out_free:
 	return rc;
 }
 
-int store_msg_set_flags(struct store *s, struct store_msg *m)
+int store_msg_set_flags(struct store *s, struct store_msg *m, bool *changed)
 {
 	const char *given = m->flags ? m->flags : "";
 	char *flags = flags_canonical(given);
@@ -297,11 +310,22 @@ int store_msg_set_flags(struct store *s, struct store_msg *m)
 		goto out_free;
 	rc = flagset_id(s, flags, &flagset);
 	if (!rc)
-		rc = msg_update(s, m, flagset);
+		rc = msg_update(s, m, flagset, changed);
 	rc = store_tx_end(s, own, rc);
 out_free:
 	if (flags != given)
 		free(flags);
+	return rc;
+}
+
+int store_flagset_of(struct store *s, const char *flags, int64_t *id)
+{
+	const char *given = flags ? flags : "";
+	char *canon = flags_canonical(given);
+	int rc = flagset_id(s, canon, id);
+
+	if (canon != given)
+		free(canon);
 	return rc;
 }
 
@@ -327,8 +351,9 @@ void store_msg_release(struct store_msg *m)
 	free(m->from);
 	free(m->references);
 	free(m->in_reply_to);
+	free(m->emailid);
 	m->flags = m->message_id = m->subject = m->from = NULL;
-	m->references = m->in_reply_to = NULL;
+	m->references = m->in_reply_to = m->emailid = NULL;
 }
 
 int store_msg_find_uid(struct store *s, int64_t folder, uint32_t uid,

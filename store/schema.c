@@ -225,6 +225,20 @@ static const char *const migrations[] = {
 	 * keeps them until it has a conversation */
 	"UPDATE messages SET refs = NULL, in_reply_to = NULL "
 	"WHERE conv IS NOT NULL AND (refs IS NOT NULL OR in_reply_to IS NOT NULL);",
+
+	/*
+	 * 4: identities that survive. A message the server no longer has
+	 * where we knew it (expunged, moved by another client, or its
+	 * folder's UIDVALIDITY changed) becomes an orphan: uid = -umid,
+	 * hidden from listings, until a message found elsewhere (or again)
+	 * matches it by EMAILID or by Message-ID + INTERNALDATE +
+	 * RFC822.SIZE and adopts it, keeping its umid (inode and name).
+	 * Only orphans are in the index, so storing new mail does not pay
+	 * for it. A folder keeps its MAILBOXID to recognise a rename.
+	 */
+	"ALTER TABLE messages ADD COLUMN emailid TEXT;"
+	"CREATE INDEX messages_orphans ON messages (date, size) WHERE uid < 0;"
+	"ALTER TABLE folders ADD COLUMN mailboxid TEXT;",
 };
 /* clang-format on */
 

@@ -38,12 +38,13 @@ struct store_folder {
 	uint32_t low_uid;
 	uint64_t highestmodseq;
 	int64_t last_refresh; /* Unix time of the last completed refresh */
+	char *mailboxid; /* owned, may be NULL: RFC 8474 MAILBOXID */
 };
 
 struct store_msg {
 	int64_t umid; /* our id for the message, also its inode number */
 	int64_t folder;
-	uint32_t uid;
+	uint32_t uid; /* 0: an orphan (see orphans.c) */
 	int64_t conv; /* conversation id, 0 for none yet */
 	char *flags; /* owned: flags sorted, space-separated ("" for none) */
 	int64_t date; /* INTERNALDATE as Unix time */
@@ -57,6 +58,7 @@ struct store_msg {
 	 * NULL when read back from a threaded message */
 	char *references;
 	char *in_reply_to;
+	char *emailid; /* owned, may be NULL: RFC 8474 EMAILID */
 };
 
 /*
@@ -138,9 +140,10 @@ int store_msg_put(struct store *s, struct store_msg *m);
  * store_msg_set_flags - set the flags of the stored message (@m->folder,
  * @m->uid) to @m->flags and set @m->umid and @m->conv. The row must
  * exist (a refresh of known UIDs): unlike store_msg_put this never
- * inserts, so it spends no umid.
+ * inserts, so it spends no umid. *@changed (may be NULL) tells whether
+ * the flags differ from what was stored.
  */
-int store_msg_set_flags(struct store *s, struct store_msg *m);
+int store_msg_set_flags(struct store *s, struct store_msg *m, bool *changed);
 
 /* store_msg_get - load message @umid; -ENOENT if none. */
 int store_msg_get(struct store *s, int64_t umid, struct store_msg *out);
@@ -168,6 +171,75 @@ int store_msg_list(struct store *s, int64_t folder, int64_t after,
  */
 int store_msg_uids(struct store *s, int64_t folder, uint32_t lo, uint32_t hi,
 		   uint32_t **uids, size_t *n);
+
+/*
+ * store_msg_uids_from - up to @max UIDs of @folder in [@from, @below),
+ * ascending, into a malloc'ed array (free() it): the known UIDs a
+ * bounded chunk of a refresh covers.
+ */
+int store_msg_uids_from(struct store *s, int64_t folder, uint32_t from,
+			uint32_t below, size_t max, uint32_t **uids, size_t *n);
+
+/* ---- identity: orphans and adoption (orphans.c) ----
+ *
+ * A message the server no longer has where we knew it becomes an
+ * orphan: hidden from listings and lookups by folder, but its row, umid
+ * (inode), conversation and cached body stay, so that the same message
+ * found again (moved by another client to another folder, or renumbered
+ * by a UIDVALIDITY change) takes them back. Orphans nobody adopts are
+ * purged once the refresh pass that could have found them is over.
+ */
+
+/* store_msg_orphan - make @umid an orphan (no-op if it is one). */
+int store_msg_orphan(struct store *s, int64_t umid);
+
+/* store_folder_orphan_all - every message of @folder becomes an orphan
+ * (its UIDVALIDITY changed: the UIDs name other messages now). */
+int store_folder_orphan_all(struct store *s, int64_t folder);
+
+/*
+ * store_msg_adopt - new message @m (folder, uid, flags, date, size,
+ * message_id, emailid) is an orphan found again: one with the same
+ * INTERNALDATE and RFC822.SIZE, and the same EMAILID where both have
+ * one, else the same Message-ID (or both none). The orphan moves to
+ * (@m->folder, @m->uid) with @m's flags; @m->umid and @m->conv are set.
+ * Returns 0, -ENOENT if no orphan matches (store it as new), -errno.
+ */
+int store_msg_adopt(struct store *s, struct store_msg *m);
+
+/*
+ * store_msg_find_twin - for message @gone, which just vanished from its
+ * folder: a message stored after umid @since in another folder that
+ * matches it as store_msg_adopt matches (the same message, moved by
+ * another client, found in its new folder first). *@umid is 0 if none.
+ */
+int store_msg_find_twin(struct store *s, int64_t since,
+			const struct store_msg *gone, int64_t *umid);
+
+/*
+ * store_msg_take_place - @old takes the place of @twin: @old moves to
+ * @twin's folder, UID and flags (keeping its umid, conversation and
+ * body) and @twin's row goes. Inside the caller's transaction.
+ */
+int store_msg_take_place(struct store *s, int64_t old, int64_t twin);
+
+/* store_folder_purge_orphans - forget the orphans of @folder (with
+ * their bodies); *@n (may be NULL) is how many went. */
+int store_folder_purge_orphans(struct store *s, int64_t folder, size_t *n);
+
+/* store_msg_max_umid - the highest umid handed out so far (0: none),
+ * marking where a refresh pass begins. */
+int store_msg_max_umid(struct store *s, int64_t *umid);
+
+/* store_folder_rename - folder @id is now called @f->name (display,
+ * delim, role, noselect as store_folder_put takes them): a rename on
+ * the server; its messages stay where they are. */
+int store_folder_rename(struct store *s, int64_t id,
+			const struct store_folder *f);
+
+/* store_folder_set_mailboxid - record RFC 8474 MAILBOXID of @id. */
+int store_folder_set_mailboxid(struct store *s, int64_t id,
+			       const char *mailboxid);
 
 /* ---- body cache: exact server bytes, one file per umid ---- */
 

@@ -59,6 +59,18 @@ enum store_stmt {
 	ST_CONV_DELETE,
 	/* db.c */
 	ST_SYNC_NORMAL,
+	/* orphans.c */
+	ST_MSG_ORPHAN,
+	ST_FOLDER_ORPHAN_ALL,
+	ST_ORPHAN_MATCH,
+	ST_TWIN_MATCH,
+	ST_MSG_REHOME,
+	ST_MSG_FLAGSET_OF,
+	ST_FOLDER_ORPHANS,
+	ST_MSG_MAX_UMID,
+	ST_MSG_UIDS_FROM,
+	ST_FOLDER_RENAME,
+	ST_FOLDER_SET_MAILBOXID,
 	ST__COUNT
 };
 
@@ -228,6 +240,17 @@ void store_flagset_forget(struct store *s);
  * @release */
 void store_hid_forget(struct store *s, bool release);
 
+/*
+ * store_flagset_of - the id of flag set @flags (any order), the row made
+ * if missing. Inside a write transaction.
+ */
+int store_flagset_of(struct store *s, const char *flags, int64_t *id);
+/*
+ * store_test_fail - the test hook: true when this call is the Nth one
+ * (N from CONVOYFS_TEST_FAIL_PUT) that stores a message in this
+ * process, to prove that a failure in the middle of a batch rolls back.
+ */
+bool store_test_fail(void);
 /* store_now_ms - wall clock as Unix time in milliseconds */
 int64_t store_now_ms(void);
 

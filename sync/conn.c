@@ -298,6 +298,8 @@ static unsigned conn_probe_caps(mailimap *imap)
 		caps |= CAP_LIST_STATUS;
 	if (mailimap_has_enable(imap))
 		caps |= CAP_ENABLE;
+	if (mailimap_has_extension(imap, "OBJECTID"))
+		caps |= CAP_OBJECTID;
 	return caps;
 }
 

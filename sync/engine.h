@@ -1,7 +1,7 @@
 /*
  * engine.h - the sync engine's own state, private to sync/: the struct
- * behind the public struct sync, the folder list sync, the message
- * metadata sync and the body fetchers.
+ * behind the public struct sync, the jobs of a refresh round (folder
+ * list, refresh and growth of each folder) and the body fetchers.
  */
 #ifndef CONVOY_ENGINE_H
 #define CONVOY_ENGINE_H
@@ -9,11 +9,16 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "job.h"
 #include "store.h"
 #include "sync_i.h"
 
-/* messages per FETCH command and per SQLite transaction of the first sync */
+/* messages per FETCH command and per SQLite transaction at most; a link
+ * that keeps dropping makes it smaller (struct sync's batch) */
 #define SYNC_BATCH 1000
+#define SYNC_BATCH_MIN 10
+/* known UIDs whose flags one command fetches, per message of a batch */
+#define SYNC_FLAGS_PER_BATCH 5
 #define FETCHERS 2
 
 struct fetch_req {
@@ -25,11 +30,27 @@ struct fetch_req {
 	struct fetch_req *next;
 };
 
+/* CONN_NONE: never connected yet (a fetcher before its first read) */
+enum conn_state { CONN_NONE, CONN_OFFLINE, CONN_CONNECTING, CONN_ONLINE };
+
 struct fetcher {
 	struct sync *s;
 	pthread_t thread;
 	struct conn *conn; /* owned by this fetcher's thread */
 	struct store *st; /* this thread's store connection */
+	enum conn_state state; /* guarded by s->lock */
+	unsigned fails; /* connections in a row that failed */
+	long long retry_at_ms; /* no new connection before */
+};
+
+/* what .convoyfs/status says of one folder; guarded by s->lock */
+struct folder_note {
+	int64_t id;
+	uint32_t total; /* messages on the server at the last look */
+	bool has_total;
+	bool failed;
+	char error[160];
+	int64_t when; /* Unix time of the failure */
 };
 
 struct sync {
@@ -38,17 +59,30 @@ struct sync {
 	struct store *st; /* the sync thread's store connection */
 	pthread_t thread;
 	bool started;
+	struct job_queue *jobs;
+
+	/* the sync thread's alone */
+	struct job *round; /* the round running now, or NULL */
+	int64_t pass_start; /* highest umid when the round began */
+	unsigned batch; /* messages per command now */
+	unsigned good_batches; /* in a row since batch last changed */
+	unsigned fails; /* connections lost in a row without progress */
+	bool progress; /* this connection committed something */
+	long long retry_at_ms; /* no new connection before */
+	long long next_round_ms;
 
 	pthread_mutex_t lock; /* guards everything below */
-	pthread_cond_t wake; /* sync thread: stop or refresh asked */
 	pthread_cond_t fetch_wake; /* fetchers: a request or stop */
 	pthread_cond_t fetch_done; /* waiters: a request finished */
 	bool stopping;
 	bool refresh_asked;
-	bool online;
-	bool syncing; /* the first sync or a refresh is running */
+	enum conn_state conn_state;
+	bool syncing; /* a round is running or asked for */
 	bool first_sync_done;
 	char last_error[256];
+	int64_t last_error_when;
+	struct folder_note *notes;
+	size_t nnotes;
 	struct fetch_req *queue; /* pending and running body requests */
 	long long fetch_progress_ms; /* last time any fetcher made progress */
 
@@ -59,6 +93,7 @@ struct sync {
 
 	atomic_ullong bodies_fetched;
 	atomic_ullong headers_fetched;
+	atomic_ullong logins;
 };
 
 /* report a committed change to fs/ */
@@ -69,17 +104,101 @@ void sync_notify_gone(struct sync *s, const struct store_msg *m);
 void sync_set_error(struct sync *s, const char *msg);
 /* true once sync_stop began */
 bool sync_is_stopping(struct sync *s);
+/* the sync thread made progress on this connection (a batch committed) */
+void sync_made_progress(struct sync *s);
+/* the link dropped during a command: send smaller batches */
+void sync_batch_failed(struct sync *s);
 
-/* folders.c: LIST into the store; notifies SYNC_FOLDERS on change */
+/* per-folder notes for the status file */
+void sync_note_total(struct sync *s, int64_t folder, uint32_t total);
+void sync_note_failed(struct sync *s, int64_t folder, const char *why);
+void sync_note_ok(struct sync *s, int64_t folder);
+void sync_note_forget(struct sync *s, int64_t folder);
+
+/* backoff before connection number @fails + 1: 2 s doubling to 60 s,
+ * with jitter */
+long long sync_backoff_ms(unsigned fails);
+
+/*
+ * folders.c: LIST into the store; a folder missing from the list is
+ * confirmed gone (STATUS) before its rows go, INBOX never goes, and a
+ * folder that vanished while one with its UIDVALIDITY appeared was
+ * renamed (it keeps its id, so its files keep their inodes). Notifies
+ * SYNC_FOLDERS on change. Returns an enum imap_grade or -errno of the
+ * store.
+ */
 int sync_folders(struct sync *s);
 
 /*
- * messages.c: bring the metadata of folder @id up to date. With @grow,
- * also learn older messages until the folder is complete (newest first);
- * without it, only new mail, flag changes and deletions, plus the newest
- * batch of a folder never seen before.
+ * refresh.c: bring what we know of folder @f up to date: EXAMINE, a new
+ * UIDVALIDITY (every message orphaned, to be adopted again), new mail
+ * by UIDNEXT, flag changes (CHANGEDSINCE, else bounded chunks), and
+ * deletions (VANISHED, else UID SEARCH chunks or the flag chunks);
+ * the newest batch of a folder never seen. @j may be cancelled.
+ * Returns 0, -ECANCELED, -ENOTCONN (the connection broke) or -errno.
  */
-int sync_folder(struct sync *s, int64_t id, bool grow);
+int refresh_folder(struct sync *s, struct store_folder *f, struct job *j);
+
+/* refresh.c: the messages at sequence numbers [@first, @last] of @f
+ * (a folder's newest batch, or grow's next one), written with the
+ * bookmark; *@got is how many came back. */
+int refresh_seq_batch(struct sync *s, struct store_folder *f, uint32_t first,
+		      uint32_t last, uint32_t *got);
+
+/* grow.c: learn older messages of @f, newest first, batch by batch,
+ * until it is complete, cancelled or failing. Returns as refresh. */
+int grow_folder(struct sync *s, struct store_folder *f, struct job *j);
+
+/*
+ * batch.c: messages parsed into memory, written in one short
+ * transaction with the bookmark that covers them.
+ */
+struct batch_msg {
+	uint32_t uid;
+	char *flags;
+	bool has_size, has_date;
+	uint64_t size;
+	int64_t date;
+	int zone;
+	char *emailid;
+	struct mime_fields mf;
+};
+
+enum batch_mode {
+	BATCH_NEW, /* store (adopting an orphan where one matches) */
+	BATCH_FLAGS, /* known messages: their flags */
+};
+
+struct batch {
+	struct sync *s;
+	struct store_folder *f;
+	enum batch_mode mode;
+	struct batch_msg *v;
+	size_t n, cap;
+	size_t bytes;
+	uint32_t min_uid, max_uid;
+	uint32_t skipped_uid; /* lowest UID that came without size or date */
+	uint32_t *gone; /* UIDs to orphan (vanished) */
+	size_t ngone;
+	int rc; /* first store error */
+};
+
+void batch_init(struct batch *b, struct sync *s, struct store_folder *f,
+		enum batch_mode mode);
+void batch_release(struct batch *b);
+/* the imap_fetch callback: one message into the batch */
+int batch_take(const struct imap_msg *m, void *ctx);
+/* note UID @uid of the folder as gone from the server */
+void batch_gone(struct batch *b, uint32_t uid);
+/* true when the batch should be written before more is read */
+bool batch_full(const struct batch *b);
+/*
+ * batch_write - write what the batch holds in one transaction and, if
+ * @bookmark, the folder's bookmark (@b->f's uidvalidity, uidnext,
+ * low_uid, highestmodseq) with it; then empty it. Rolls back on any
+ * error. Tells fs/ what changed after the commit.
+ */
+int batch_write(struct batch *b, bool bookmark);
 
 /* fetch.c: body fetchers */
 int fetch_start(struct sync *s);

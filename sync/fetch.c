@@ -20,8 +20,6 @@
 struct body_sink {
 	struct sync *s;
 	struct store_body_writer *w;
-	uint64_t got;
-	int rc;
 };
 
 static void progress(struct sync *s)
@@ -31,45 +29,66 @@ static void progress(struct sync *s)
 	pthread_mutex_unlock(&s->lock);
 }
 
-static bool on_body(int type, struct mailimap_msg_att_body_section *sec,
-		    const char *bytes, size_t len, void *ctx)
+static int on_bytes(const char *bytes, size_t len, void *ctx)
 {
 	struct body_sink *b = ctx;
-	int rc;
+	int rc = store_body_append(b->w, bytes, len);
 
-	rc = store_body_append(b->w, bytes, len);
-	if (rc) {
-		b->rc = rc;
-		return false;
-	}
-	b->got += len;
-	progress(b->s);
-	return true;
+	if (!rc)
+		progress(b->s);
+	return rc;
 }
 
-static void no_progress(size_t current, size_t maximum, void *ctx)
+static void set_state(struct fetcher *f, enum conn_state st)
 {
+	pthread_mutex_lock(&f->s->lock);
+	f->state = st;
+	pthread_mutex_unlock(&f->s->lock);
 }
 
-static void on_att(struct mailimap_msg_att *att, void *ctx)
+static void drop_conn(struct fetcher *f)
 {
+	conn_close(f->conn);
+	f->conn = NULL;
+	set_state(f, CONN_OFFLINE);
 }
 
+/*
+ * A connection for this fetcher: the one it has, or a new one, made no
+ * sooner than the backoff allows. A wait longer than half the timeout
+ * fails the request at once (-EIO) rather than eat the reader's time.
+ */
 static int ensure_conn(struct fetcher *f)
 {
+	long long wait = f->retry_at_ms - now_ms();
 	char err[256];
 	int rc;
 
 	if (f->conn && !conn_is_broken(f->conn))
 		return 0;
-	conn_close(f->conn);
-	f->conn = NULL;
+	if (f->conn)
+		drop_conn(f);
+	if (wait > (long long)f->s->cfg.timeout * 500)
+		return -EIO;
+	while (wait > 0 && !sync_is_stopping(f->s)) {
+		struct timespec ts = { 0, 100 * 1000000 };
+
+		nanosleep(&ts, NULL);
+		wait -= 100;
+	}
+	set_state(f, CONN_CONNECTING);
 	rc = conn_open(&f->s->cfg, &f->conn, err, sizeof(err));
 	if (rc) {
+		f->fails++;
+		f->retry_at_ms = now_ms() + sync_backoff_ms(f->fails);
+		set_state(f, CONN_OFFLINE);
 		sync_set_error(f->s, err);
 		log_warn("%s", err);
+		return rc;
 	}
-	return rc;
+	atomic_fetch_add(&f->s->logins, 1);
+	set_state(f, CONN_ONLINE);
+	return 0;
 }
 
 /*
@@ -81,15 +100,19 @@ static int fetch_one(struct fetcher *f, int64_t umid)
 	struct store_msg m = { 0 };
 	struct store_folder fo = { 0 };
 	struct body_sink sink = { .s = f->s };
-	struct mailimap_fetch_type *ft;
-	clist *result = NULL;
-	int rc;
+	uint64_t got = 0;
+	int rc, g, cb_rc = 0;
 
 	if (store_body_cached(f->st, umid))
 		return 0;
 	rc = store_msg_get(f->st, umid, &m);
 	if (rc)
 		return rc;
+	if (!m.uid) {
+		/* an orphan: not where we knew it any more */
+		rc = -ENOENT;
+		goto out_msg;
+	}
 	rc = store_folder_get(f->st, m.folder, &fo);
 	if (rc)
 		goto out_msg;
@@ -110,44 +133,21 @@ static int fetch_one(struct fetcher *f, int64_t umid)
 	rc = store_body_begin(f->st, umid, &sink.w);
 	if (rc)
 		goto out_folder;
-	ft = mailimap_fetch_type_new_fetch_att_list_empty();
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-						   mailimap_fetch_att_new_uid());
-	mailimap_fetch_type_new_fetch_att_list_add(
-		ft, mailimap_fetch_att_new_body_peek_section(
-			    mailimap_section_new(NULL)));
-	mailimap_set_msg_body_handler(f->conn->imap, on_body, &sink);
-	mailimap_set_msg_att_handler(f->conn->imap, on_att, &sink);
-	mailimap_set_progress_callback(f->conn->imap, no_progress, no_progress,
-				       &sink);
-	{
-		struct mailimap_set *set = mailimap_set_new_single(m.uid);
-
-		rc = mailimap_uid_fetch(f->conn->imap, set, ft, &result);
-		mailimap_set_free(set);
-	}
-	mailimap_set_msg_body_handler(f->conn->imap, NULL, NULL);
-	mailimap_set_msg_att_handler(f->conn->imap, NULL, NULL);
-	mailimap_set_progress_callback(f->conn->imap, NULL, NULL, NULL);
-	if (result)
-		mailimap_fetch_list_free(result);
-	mailimap_fetch_type_free(ft);
-
-	if (rc != MAILIMAP_NO_ERROR) {
+	g = imap_fetch_body(f->conn, m.uid, on_bytes, &sink, &got, &cb_rc);
+	if (g != IMAP_OK) {
 		store_body_abort(sink.w);
-		rc = sink.rc ? sink.rc : conn_errno(f->conn, rc,
-						     "cannot fetch a body");
-		if (rc != -ENOSPC)
-			rc = -EIO;
+		rc = cb_rc == -ENOSPC ? -ENOSPC : -EIO;
 		goto out_folder;
 	}
-	if (!sink.got && m.size) {
+	if (!got && m.size) {
 		/* no FETCH came back: expunged by another client */
 		store_body_abort(sink.w);
 		rc = -ENOENT;
 		goto out_folder;
 	}
 	rc = store_body_commit(sink.w);
+	if (!rc)
+		f->fails = 0;
 	/* keep the cache within its budget: evict the least recently read */
 	if (!rc && atomic_fetch_add(&f->s->bodies_fetched, 1) % 64 == 63 &&
 	    f->s->cfg.cache_budget)
@@ -195,8 +195,23 @@ static void *fetcher_main(void *arg)
 		int64_t umid;
 		int rc;
 
-		while (!s->stopping && !(req = next_request(s)))
-			pthread_cond_wait(&s->fetch_wake, &s->lock);
+		while (!s->stopping && !(req = next_request(s))) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 1;
+			if (pthread_cond_timedwait(&s->fetch_wake, &s->lock,
+						   &ts) != ETIMEDOUT ||
+			    !f->conn)
+				continue;
+			/* idle: a server that closed the connection shows
+			 * as input waiting; NOOP finds out */
+			pthread_mutex_unlock(&s->lock);
+			if (imap_has_input(f->conn) &&
+			    imap_noop(f->conn) == IMAP_CONN_BAD)
+				drop_conn(f);
+			pthread_mutex_lock(&s->lock);
+		}
 		if (s->stopping)
 			break;
 		req->taken = true;

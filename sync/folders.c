@@ -1,6 +1,10 @@
 /*
- * folders.c - the folder list: LIST "" "*" into the store, so directories
- * appear, move and vanish as folders do on the server.
+ * folders.c - the folder list: LIST "" "*" into the store, so
+ * directories appear, move and vanish as folders do on the server. A
+ * folder missing from one LIST is asked about (STATUS) before its rows
+ * and bodies go, INBOX never goes, and a folder that vanished while
+ * another with its UIDVALIDITY appeared was renamed: its row, and so
+ * its inode and its files, move to the new name.
  */
 #define LOG_CAT "sync"
 #include "engine.h"
@@ -8,108 +12,154 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common.h"
 
-/* RFC 6154 roles we recognise, as libetpan gives them (no backslash) */
-static const char *const roles[] = { "All",  "Archive", "Drafts", "Flagged",
-				     "Junk", "Sent",	"Trash" };
-
-static void read_flags(const struct mailimap_mbx_list_flags *fl,
-		       struct store_folder *f)
+static bool is_inbox(const char *name)
 {
-	clistiter *it;
-
-	if (!fl)
-		return;
-	if (fl->mbf_type == MAILIMAP_MBX_LIST_FLAGS_SFLAG &&
-	    fl->mbf_sflag == MAILIMAP_MBX_LIST_SFLAG_NOSELECT)
-		f->noselect = true;
-	for (it = clist_begin(fl->mbf_oflags); it; it = clist_next(it)) {
-		struct mailimap_mbx_list_oflag *of = clist_content(it);
-		const char *ext;
-
-		if (of->of_type != MAILIMAP_MBX_LIST_OFLAG_FLAG_EXT)
-			continue;
-		ext = of->of_flag_ext;
-		if (!strcasecmp(ext, "NonExistent") ||
-		    !strcasecmp(ext, "Noselect"))
-			f->noselect = true;
-		for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++)
-			if (!strcasecmp(ext, roles[i]) && !f->role)
-				f->role = (char *)roles[i];
-	}
+	return !strcasecmp(name, "INBOX");
 }
 
-static bool listed(clist *list, const char *name)
+static const struct imap_mailbox *listed(const struct imap_mailbox *v,
+					 size_t n, const char *name)
 {
-	for (clistiter *it = clist_begin(list); it; it = clist_next(it)) {
-		struct mailimap_mailbox_list *mb = clist_content(it);
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(v[i].name, name))
+			return &v[i];
+	return NULL;
+}
 
-		if (mb->mb_name && !strcmp(mb->mb_name, name))
+static bool in_store(const struct store_folder *old, size_t nold,
+		     const char *name)
+{
+	for (size_t i = 0; i < nold; i++)
+		if (!strcmp(old[i].name, name))
 			return true;
-	}
 	return false;
+}
+
+/* the store's form of a LISTed mailbox; free *@display after */
+static void to_folder(const struct imap_mailbox *mb, struct store_folder *f,
+		      char **display)
+{
+	memset(f, 0, sizeof(*f));
+	/* a name we could never send back safely is still shown, but the
+	 * sync skips it */
+	*display = utf7_decode(mb->name);
+	f->name = mb->name;
+	f->display = *display ? *display : mb->name;
+	f->delim = mb->delim;
+	f->noselect = mb->noselect;
+	f->role = (char *)mb->role;
+	/* INBOX is case-insensitive (RFC 3501 §5.1) */
+	if (is_inbox(mb->name))
+		f->display = (char *)"INBOX";
 }
 
 int sync_folders(struct sync *s)
 {
 	struct store_folder *old = NULL;
-	size_t nold = 0;
-	clist *list = NULL;
-	int rc;
+	struct imap_mailbox *mbs = NULL;
+	size_t nold = 0, nmb = 0;
+	bool *gone = NULL; /* per old folder: confirmed gone */
+	int64_t *renamed_to = NULL; /* per listed mailbox: old id, or 0 */
+	bool any_gone = false;
+	int rc, g;
 
-	rc = mailimap_list(s->conn->imap, "", "*", &list);
-	if (rc != MAILIMAP_NO_ERROR)
-		return conn_errno(s->conn, rc, "cannot list folders");
-
+	g = imap_list(s->conn, &mbs, &nmb);
+	if (g)
+		return g == IMAP_CONN_BAD ? -ENOTCONN : -EREMOTE;
 	rc = store_folder_list(s->st, &old, &nold);
 	if (rc)
 		goto out;
+	gone = xcalloc(nold + 1, sizeof(*gone));
+	renamed_to = xcalloc(nmb + 1, sizeof(*renamed_to));
+
+	/* missing from this LIST: gone only if the server says so too */
+	for (size_t i = 0; i < nold; i++) {
+		struct imap_box box;
+
+		if (listed(mbs, nmb, old[i].name) || is_inbox(old[i].name))
+			continue;
+		if (!conn_name_ok(old[i].name)) {
+			gone[i] = any_gone = true;
+			continue;
+		}
+		g = imap_status(s->conn, old[i].name, &box);
+		imap_box_release(&box);
+		if (g == IMAP_CONN_BAD) {
+			rc = -ENOTCONN;
+			goto out;
+		}
+		if (g == IMAP_OK && !old[i].noselect) {
+			log_warn("folder %s is missing from the folder list "
+				 "but still answers: kept",
+				 old[i].name);
+			continue;
+		}
+		gone[i] = any_gone = true;
+	}
+
+	/* renamed: a new name with the UIDVALIDITY of one that went */
+	for (size_t k = 0; any_gone && k < nmb; k++) {
+		struct imap_box box;
+
+		if (in_store(old, nold, mbs[k].name) || mbs[k].noselect ||
+		    !conn_name_ok(mbs[k].name))
+			continue;
+		g = imap_status(s->conn, mbs[k].name, &box);
+		if (g == IMAP_CONN_BAD) {
+			imap_box_release(&box);
+			rc = -ENOTCONN;
+			goto out;
+		}
+		for (size_t i = 0; g == IMAP_OK && i < nold; i++) {
+			if (!gone[i] || !old[i].uidvalidity ||
+			    old[i].uidvalidity != box.uidvalidity)
+				continue;
+			log_info("folder %s was renamed to %s", old[i].name,
+				 mbs[k].name);
+			renamed_to[k] = old[i].id;
+			gone[i] = false;
+			break;
+		}
+		imap_box_release(&box);
+	}
+
 	rc = store_begin(s->st);
 	if (rc)
 		goto out;
-	for (clistiter *it = clist_begin(list); it; it = clist_next(it)) {
-		struct mailimap_mailbox_list *mb = clist_content(it);
-		struct store_folder f = { 0 };
+	for (size_t k = 0; !rc && k < nmb; k++) {
+		struct store_folder f;
 		char *display;
 		int64_t id;
 
-		if (!mb->mb_name || !*mb->mb_name)
-			continue;
-		/* a name we could never send back safely is still shown,
-		 * but the sync skips it (see messages.c) */
-		display = utf7_decode(mb->mb_name);
-		f.name = mb->mb_name;
-		f.display = display ? display : mb->mb_name;
-		f.delim = mb->mb_delimiter;
-		read_flags(mb->mb_flag, &f);
-		/* INBOX is case-insensitive (RFC 3501 §5.1) */
-		if (!strcasecmp(mb->mb_name, "INBOX"))
-			f.display = (char *)"INBOX";
-		rc = store_folder_put(s->st, &f, &id);
+		to_folder(&mbs[k], &f, &display);
+		if (renamed_to[k])
+			rc = store_folder_rename(s->st, renamed_to[k], &f);
+		else
+			rc = store_folder_put(s->st, &f, &id);
 		free(display);
-		if (rc)
-			goto out_rollback;
 	}
-	for (size_t i = 0; i < nold; i++) {
-		if (listed(list, old[i].name))
+	for (size_t i = 0; !rc && i < nold; i++) {
+		if (!gone[i])
 			continue;
 		log_info("folder %s is gone from the server", old[i].name);
 		rc = store_folder_delete(s->st, old[i].id);
-		if (rc)
-			goto out_rollback;
+		sync_note_forget(s, old[i].id);
 	}
-	rc = store_commit(s->st);
-	if (rc)
-		goto out_rollback;
+	if (!rc)
+		rc = store_commit(s->st);
+	if (rc) {
+		store_rollback(s->st);
+		goto out;
+	}
 	sync_notify(s, SYNC_FOLDERS, 0);
-	goto out;
-
-out_rollback:
-	store_rollback(s->st);
 out:
+	free(gone);
+	free(renamed_to);
 	store_folder_list_free(old, nold);
-	mailimap_list_result_free(list);
+	imap_mailboxes_free(mbs, nmb);
 	return rc;
 }

@@ -1,7 +1,11 @@
 /*
- * sync.c - the sync thread: owns the main connection, keeps the folder
- * list and every folder's metadata in step with the server, reconnects
- * with backoff when the connection is lost, and polls.
+ * sync.c - the sync thread: owns the main connection and runs the job
+ * queue. A round is a job tree: the folder list, whose children are a
+ * refresh of every folder (INBOX first), whose children grow folders
+ * not yet complete. A lost connection cancels the round, is made again
+ * after a backoff that grows while connections make no progress, and a
+ * new round catches up. Between rounds the connection is watched, so a
+ * server that went away is noticed within a second or two.
  */
 #define LOG_CAT "sync"
 #include "engine.h"
@@ -25,6 +29,7 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 	struct sync *s = xcalloc(1, sizeof(*s));
 	int rc;
 
+	imap_init();
 	s->cfg.user = xstrdup(cfg->user);
 	s->cfg.password = xstrdup(cfg->password);
 	s->cfg.host = xstrdup(cfg->host);
@@ -36,14 +41,22 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 	s->cfg.poll_interval = cfg->poll_interval ? cfg->poll_interval : 60;
 	s->cfg.timeout = cfg->timeout ? cfg->timeout : 30;
 	s->cfg.cache_budget = cfg->cache_budget;
+	s->batch = SYNC_BATCH;
 	pthread_mutex_init(&s->lock, NULL);
-	pthread_cond_init(&s->wake, NULL);
 	pthread_cond_init(&s->fetch_wake, NULL);
 	pthread_cond_init(&s->fetch_done, NULL);
+	s->jobs = jobq_new();
 
 	rc = conn_open(&s->cfg, &s->conn, err, errlen);
 	if (rc)
 		goto fail;
+	atomic_fetch_add(&s->logins, 1);
+	if (imap_prepare(s->conn) == IMAP_CONN_BAD) {
+		snprintf(err, errlen, "connection to %s lost after login",
+			 s->cfg.host);
+		rc = -EIO;
+		goto fail;
+	}
 	/* open once to report a bad cache directory now (and migrate);
 	 * the sync thread opens its own after the fork of daemonizing, as
 	 * SQLite connections must not cross a fork */
@@ -60,7 +73,8 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 		log_warn("cannot list folders yet: %s", strerror(-rc));
 	store_close(s->st);
 	s->st = NULL;
-	s->online = true;
+	s->conn_state = CONN_ONLINE;
+	s->syncing = true;
 	*out = s;
 	return 0;
 fail:
@@ -96,6 +110,7 @@ void sync_set_error(struct sync *s, const char *msg)
 {
 	pthread_mutex_lock(&s->lock);
 	snprintf(s->last_error, sizeof(s->last_error), "%s", msg);
+	s->last_error_when = time(NULL);
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -109,126 +124,378 @@ bool sync_is_stopping(struct sync *s)
 	return r;
 }
 
-static void set_state(struct sync *s, bool online, bool syncing)
+void sync_made_progress(struct sync *s)
+{
+	s->progress = true;
+	/* the link carries whole batches again: let them grow back */
+	if (++s->good_batches >= 4 && s->batch < SYNC_BATCH) {
+		s->batch = s->batch * 2 > SYNC_BATCH ? SYNC_BATCH : s->batch * 2;
+		s->good_batches = 0;
+	}
+}
+
+void sync_batch_failed(struct sync *s)
+{
+	unsigned b = s->batch / 2;
+
+	s->batch = b < SYNC_BATCH_MIN ? SYNC_BATCH_MIN : b;
+	s->good_batches = 0;
+	log_info("connection lost in the middle of a batch: %u messages a "
+		 "batch from now on",
+		 s->batch);
+}
+
+long long sync_backoff_ms(unsigned fails)
+{
+	long long d = 2000;
+
+	while (fails-- > 0 && d < 60000)
+		d *= 2;
+	if (d > 60000)
+		d = 60000;
+	return d + rand() % (d / 4 + 1);
+}
+
+/* ---- per-folder notes for the status file ---- */
+
+static struct folder_note *note_of(struct sync *s, int64_t folder)
+{
+	for (size_t i = 0; i < s->nnotes; i++)
+		if (s->notes[i].id == folder)
+			return &s->notes[i];
+	s->notes = xrealloc(s->notes, (s->nnotes + 1) * sizeof(*s->notes));
+	memset(&s->notes[s->nnotes], 0, sizeof(s->notes[0]));
+	s->notes[s->nnotes].id = folder;
+	return &s->notes[s->nnotes++];
+}
+
+void sync_note_total(struct sync *s, int64_t folder, uint32_t total)
 {
 	pthread_mutex_lock(&s->lock);
-	s->online = online;
-	s->syncing = syncing;
+	note_of(s, folder)->total = total;
+	note_of(s, folder)->has_total = true;
 	pthread_mutex_unlock(&s->lock);
 }
 
-/* sleep up to @ms, or less when stopping or a refresh is asked;
- * returns false when stopping */
-static bool wait_for(struct sync *s, long long ms)
+void sync_note_failed(struct sync *s, int64_t folder, const char *why)
 {
-	struct timespec ts;
-	bool go;
+	struct folder_note *n;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += ms / 1000;
-	ts.tv_nsec += (ms % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
 	pthread_mutex_lock(&s->lock);
-	while (!s->stopping && !s->refresh_asked)
-		if (pthread_cond_timedwait(&s->wake, &s->lock, &ts))
+	n = note_of(s, folder);
+	n->failed = true;
+	snprintf(n->error, sizeof(n->error), "%s", why);
+	n->when = time(NULL);
+	pthread_mutex_unlock(&s->lock);
+}
+
+void sync_note_ok(struct sync *s, int64_t folder)
+{
+	pthread_mutex_lock(&s->lock);
+	note_of(s, folder)->failed = false;
+	pthread_mutex_unlock(&s->lock);
+}
+
+void sync_note_forget(struct sync *s, int64_t folder)
+{
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < s->nnotes; i++)
+		if (s->notes[i].id == folder) {
+			s->notes[i] = s->notes[--s->nnotes];
 			break;
-	s->refresh_asked = false;
-	go = !s->stopping;
-	pthread_mutex_unlock(&s->lock);
-	return go;
-}
-
-static void drop_conn(struct sync *s)
-{
-	conn_close(s->conn);
-	s->conn = NULL;
-	set_state(s, false, false);
-}
-
-/* connect again with exponential backoff and jitter; false if stopping */
-static bool reconnect(struct sync *s)
-{
-	long long delay = 1000;
-
-	while (!sync_is_stopping(s)) {
-		char err[256];
-		int rc = conn_open(&s->cfg, &s->conn, err, sizeof(err));
-
-		if (!rc) {
-			log_info("connected again");
-			set_state(s, true, false);
-			return true;
 		}
-		sync_set_error(s, err);
-		log_warn("%s; retrying in %lld s", err, delay / 1000);
-		if (!wait_for(s, delay + rand() % (delay / 4 + 1)))
-			return false;
-		if (delay < 60000)
-			delay *= 2;
+	pthread_mutex_unlock(&s->lock);
+}
+
+int sync_folder_status(struct sync *s, int64_t folder,
+		       struct sync_folder_status *out)
+{
+	int rc = -ENOENT;
+
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < s->nnotes; i++) {
+		const struct folder_note *n = &s->notes[i];
+
+		if (n->id != folder)
+			continue;
+		out->total = n->total;
+		out->has_total = n->has_total;
+		out->failed = n->failed;
+		snprintf(out->error, sizeof(out->error), "%s", n->error);
+		out->when = n->when;
+		rc = 0;
+		break;
 	}
-	return false;
+	pthread_mutex_unlock(&s->lock);
+	return rc;
 }
 
-/* INBOX first: the newest mail of the inbox is what people look for */
-static int folder_order(struct sync *s, int64_t **ids, size_t *n)
+static void set_conn_state(struct sync *s, enum conn_state st)
 {
+	pthread_mutex_lock(&s->lock);
+	s->conn_state = st;
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- the jobs of a round ---- */
+
+struct folder_job {
+	struct sync *s;
+	int64_t folder;
+};
+
+static void folder_job_free(void *arg)
+{
+	free(arg);
+}
+
+static int run_grow(struct job *j, void *arg);
+
+/* a job's result as a line for the folder's status */
+static void note_result(struct sync *s, int64_t folder, const char *what,
+			int rc)
+{
+	char why[160];
+
+	if (!rc || rc == -ECANCELED || rc == -ENOTCONN) {
+		if (!rc)
+			sync_note_ok(s, folder);
+		return;
+	}
+	snprintf(why, sizeof(why), "%s: %s", what,
+		 rc == -EREMOTE ? "refused by the server" : strerror(-rc));
+	sync_note_failed(s, folder, why);
+}
+
+/* load folder @id for a job; false (and *@rc) if there is nothing to do */
+static bool job_folder(struct sync *s, int64_t id, struct store_folder *f,
+		       int *rc)
+{
+	*rc = 0;
+	if (!s->conn || conn_is_broken(s->conn)) {
+		*rc = -ENOTCONN;
+		return false;
+	}
+	*rc = store_folder_get(s->st, id, f);
+	if (*rc) {
+		if (*rc == -ENOENT)
+			*rc = 0; /* gone since the list */
+		return false;
+	}
+	if (f->noselect)
+		return false;
+	if (!conn_name_ok(f->name)) {
+		log_warn("folder name %s cannot be sent back safely, skipped",
+			 f->display);
+		return false;
+	}
+	return true;
+}
+
+static int run_refresh(struct job *j, void *arg)
+{
+	struct folder_job *fj = arg;
+	struct sync *s = fj->s;
+	struct store_folder f = { 0 };
+	int rc;
+
+	if (!job_folder(s, fj->folder, &f, &rc))
+		goto out;
+	rc = refresh_folder(s, &f, j);
+	note_result(s, f.id, "refresh", rc);
+	if (!rc && f.low_uid != 1) {
+		struct folder_job *g = xcalloc(1, sizeof(*g));
+
+		*g = *fj;
+		rc = jobq_submit(s->jobs, j, "grow", run_grow, folder_job_free,
+				 g, NULL);
+	}
+out:
+	store_folder_release(&f);
+	return rc;
+}
+
+static int run_grow(struct job *j, void *arg)
+{
+	struct folder_job *fj = arg;
+	struct sync *s = fj->s;
+	struct store_folder f = { 0 };
+	int rc;
+
+	if (!job_folder(s, fj->folder, &f, &rc))
+		goto out;
+	rc = grow_folder(s, &f, j);
+	note_result(s, f.id, "learning older mail", rc);
+out:
+	store_folder_release(&f);
+	return rc;
+}
+
+/* the folder list, then a refresh of every folder, INBOX first: the
+ * newest mail of the inbox is what people look for */
+static int run_list(struct job *j, void *arg)
+{
+	struct sync *s = arg;
 	struct store_folder *f = NULL;
-	size_t nf = 0, k = 0;
-	int rc = store_folder_list(s->st, &f, &nf);
-
-	if (rc)
-		return rc;
-	*ids = xcalloc(nf ? nf : 1, sizeof(int64_t));
-	for (size_t i = 0; i < nf; i++)
-		if (!strcasecmp(f[i].name, "INBOX"))
-			(*ids)[k++] = f[i].id;
-	for (size_t i = 0; i < nf; i++)
-		if (strcasecmp(f[i].name, "INBOX"))
-			(*ids)[k++] = f[i].id;
-	*n = k;
-	store_folder_list_free(f, nf);
-	return 0;
-}
-
-/*
- * one round: the folder list, then every folder's new mail (and the
- * newest batch of folders never seen), then older mail of every folder
- * until complete. A folder that fails is logged and the others go on;
- * a lost connection ends the round.
- */
-static int sync_round(struct sync *s)
-{
-	int64_t *ids = NULL;
 	size_t n = 0;
 	int rc;
 
+	if (!s->conn || conn_is_broken(s->conn))
+		return -ENOTCONN;
 	rc = sync_folders(s);
 	if (rc)
 		return rc;
-	rc = folder_order(s, &ids, &n);
+	rc = store_folder_list(s->st, &f, &n);
 	if (rc)
 		return rc;
 	for (int pass = 0; pass < 2 && !rc; pass++) {
-		for (size_t i = 0; i < n && !sync_is_stopping(s); i++) {
-			rc = sync_folder(s, ids[i], pass == 1);
-			if (rc && conn_is_broken(s->conn))
-				break;
-			if (rc) {
-				char msg[128];
+		for (size_t i = 0; i < n && !rc; i++) {
+			struct folder_job *fj;
 
-				snprintf(msg, sizeof(msg),
-					 "cannot sync folder %lld: %s",
-					 (long long)ids[i], strerror(-rc));
-				sync_set_error(s, msg);
-				rc = 0;
-			}
+			bool inbox = !strcasecmp(f[i].name, "INBOX");
+
+			if (f[i].noselect || inbox != (pass == 0))
+				continue;
+			fj = xcalloc(1, sizeof(*fj));
+			fj->s = s;
+			fj->folder = f[i].id;
+			rc = jobq_submit(s->jobs, j, "refresh", run_refresh,
+					 folder_job_free, fj, NULL);
 		}
 	}
-	free(ids);
+	store_folder_list_free(f, n);
 	return rc;
+}
+
+static void start_round(struct sync *s)
+{
+	int rc;
+
+	if (s->round)
+		return;
+	rc = store_msg_max_umid(s->st, &s->pass_start);
+	if (rc)
+		s->pass_start = INT64_MAX; /* no twin matching this pass */
+	pthread_mutex_lock(&s->lock);
+	s->syncing = true;
+	s->refresh_asked = false;
+	pthread_mutex_unlock(&s->lock);
+	rc = jobq_submit(s->jobs, NULL, "list", run_list, NULL, s, &s->round);
+	if (rc)
+		s->round = NULL;
+}
+
+/* orphans nobody adopted in this pass: gone for good */
+static void purge_orphans(struct sync *s)
+{
+	struct store_folder *f = NULL;
+	size_t n = 0;
+
+	if (store_folder_list(s->st, &f, &n))
+		return;
+	for (size_t i = 0; i < n; i++) {
+		size_t purged = 0;
+
+		/* a folder still being learned may yet find its own */
+		if (f[i].low_uid != 1)
+			continue;
+		if (!store_folder_purge_orphans(s->st, f[i].id, &purged) &&
+		    purged)
+			log_debug("folder %s: %zu messages gone for good",
+				  f[i].name, purged);
+	}
+	store_folder_list_free(f, n);
+}
+
+static void finish_round(struct sync *s)
+{
+	int rc = jobq_wait(s->jobs, s->round, 0);
+
+	job_unref(s->round);
+	s->round = NULL;
+	/* an orphan a failed folder may yet adopt stays */
+	if (!rc)
+		purge_orphans(s);
+	s->next_round_ms = now_ms() + (long long)s->cfg.poll_interval * 1000;
+	pthread_mutex_lock(&s->lock);
+	/* a folder that failed says so in its own line */
+	s->first_sync_done = true;
+	s->syncing = s->refresh_asked;
+	pthread_mutex_unlock(&s->lock);
+	if (rc && rc != -ENOTCONN && rc != -ECANCELED)
+		log_debug("round ended with %s", strerror(-rc));
+}
+
+/* the connection is gone: cancel the round, mark offline, back off */
+static void lost(struct sync *s, const char *why)
+{
+	if (s->round) {
+		jobq_cancel(s->jobs, s->round);
+		job_unref(s->round);
+		s->round = NULL;
+	}
+	conn_close(s->conn);
+	s->conn = NULL;
+	if (s->progress)
+		s->fails = 0;
+	else
+		s->fails++;
+	s->progress = false;
+	s->retry_at_ms = now_ms() + sync_backoff_ms(s->fails);
+	s->next_round_ms = 0; /* catch up as soon as connected again */
+	set_conn_state(s, CONN_OFFLINE);
+	sync_set_error(s, why);
+	log_warn("%s; connecting again in %lld ms", why,
+		 s->retry_at_ms - now_ms());
+}
+
+/* sleep up to @ms unless stopping; false when stopping */
+static bool pause_ms(struct sync *s, long long ms)
+{
+	while (ms > 0 && !sync_is_stopping(s)) {
+		long long step = ms > 200 ? 200 : ms;
+		struct timespec ts = { .tv_sec = 0,
+				       .tv_nsec = step * 1000000 };
+
+		nanosleep(&ts, NULL);
+		ms -= step;
+	}
+	return !sync_is_stopping(s);
+}
+
+/* connect again after the backoff; false if stopping */
+static bool reconnect(struct sync *s)
+{
+	while (!sync_is_stopping(s)) {
+		char err[256];
+		int rc;
+
+		if (!pause_ms(s, s->retry_at_ms - now_ms()))
+			return false;
+		set_conn_state(s, CONN_CONNECTING);
+		rc = conn_open(&s->cfg, &s->conn, err, sizeof(err));
+		if (!rc) {
+			atomic_fetch_add(&s->logins, 1);
+			if (imap_prepare(s->conn) != IMAP_CONN_BAD) {
+				log_info("connected again");
+				set_conn_state(s, CONN_ONLINE);
+				return true;
+			}
+			snprintf(err, sizeof(err),
+				 "connection to %s lost after login",
+				 s->cfg.host);
+			conn_close(s->conn);
+			s->conn = NULL;
+		}
+		sync_set_error(s, err);
+		s->fails++;
+		s->retry_at_ms = now_ms() + sync_backoff_ms(s->fails);
+		set_conn_state(s, CONN_OFFLINE);
+		log_warn("%s; retrying in %lld s", err,
+			 (s->retry_at_ms - now_ms()) / 1000);
+	}
+	return false;
 }
 
 /* messages without a conversation: from an older store, or a threading
@@ -250,27 +517,37 @@ static void *sync_main(void *arg)
 	struct sync *s = arg;
 
 	thread_leftovers(s);
-
 	while (!sync_is_stopping(s)) {
-		int rc;
+		bool asked;
+		int r;
 
 		if (!s->conn && !reconnect(s))
 			break;
-		set_state(s, true, true);
-		rc = sync_round(s);
-		if (rc && s->conn && conn_is_broken(s->conn)) {
-			sync_set_error(s, "connection lost during sync");
-			drop_conn(s);
+		pthread_mutex_lock(&s->lock);
+		asked = s->refresh_asked;
+		pthread_mutex_unlock(&s->lock);
+		if (!s->round && (asked || now_ms() >= s->next_round_ms))
+			start_round(s);
+		r = jobq_run_next(s->jobs, s->round ? 0 : 1000);
+		if (r == -ESHUTDOWN)
+			break;
+		if (s->conn && conn_is_broken(s->conn)) {
+			lost(s, "connection lost during sync");
 			continue;
 		}
-		pthread_mutex_lock(&s->lock);
-		if (!s->refresh_asked)
-			s->syncing = false;
-		if (!rc)
-			s->first_sync_done = true;
-		pthread_mutex_unlock(&s->lock);
-		if (!wait_for(s, (long long)s->cfg.poll_interval * 1000))
-			break;
+		if (s->round && job_is_done(s->jobs, s->round))
+			finish_round(s);
+		/* idle: a server that closed the connection (or sent BYE)
+		 * shows as input waiting; NOOP finds out */
+		if (!s->round && r == 0 && s->conn &&
+		    imap_has_input(s->conn) &&
+		    imap_noop(s->conn) == IMAP_CONN_BAD)
+			lost(s, "connection closed by the server");
+	}
+	if (s->round) {
+		jobq_cancel(s->jobs, s->round);
+		job_unref(s->round);
+		s->round = NULL;
 	}
 	return NULL;
 }
@@ -300,10 +577,11 @@ void sync_stop(struct sync *s)
 		return;
 	pthread_mutex_lock(&s->lock);
 	s->stopping = true;
-	pthread_cond_broadcast(&s->wake);
 	pthread_cond_broadcast(&s->fetch_wake);
 	pthread_cond_broadcast(&s->fetch_done);
 	pthread_mutex_unlock(&s->lock);
+	/* the running job sees itself cancelled between batches */
+	jobq_shutdown(s->jobs);
 	if (s->started) {
 		pthread_join(s->thread, NULL);
 		s->started = false;
@@ -318,10 +596,11 @@ void sync_free(struct sync *s)
 	if (!s)
 		return;
 	sync_stop(s);
+	jobq_free(s->jobs);
 	store_close(s->st);
 	sync_config_release(&s->cfg);
+	free(s->notes);
 	pthread_mutex_destroy(&s->lock);
-	pthread_cond_destroy(&s->wake);
 	pthread_cond_destroy(&s->fetch_wake);
 	pthread_cond_destroy(&s->fetch_done);
 	free(s);
@@ -334,8 +613,8 @@ void sync_request_refresh(struct sync *s)
 	/* status shows the round as begun at once, so a caller that waits
 	 * for "idle" after asking waits for this round */
 	s->syncing = true;
-	pthread_cond_broadcast(&s->wake);
 	pthread_mutex_unlock(&s->lock);
+	jobq_wake(s->jobs);
 }
 
 uint64_t sync_fetch_count(struct sync *s)
@@ -343,30 +622,64 @@ uint64_t sync_fetch_count(struct sync *s)
 	return atomic_load(&s->bodies_fetched);
 }
 
+static const char *state_name(enum conn_state st)
+{
+	switch (st) {
+	case CONN_ONLINE:
+		return "online";
+	case CONN_CONNECTING:
+		return "connecting";
+	case CONN_NONE:
+		return "not connected";
+	default:
+		return "offline";
+	}
+}
+
 void sync_status(struct sync *s, char **text)
 {
-	char *out;
-	bool online, syncing, done;
-	char err[256];
+	enum conn_state cs, fs[FETCHERS];
+	bool syncing, done, failing = false;
+	char err[256], when[32] = "";
+	int64_t err_when;
 
 	pthread_mutex_lock(&s->lock);
-	online = s->online;
+	cs = s->conn_state;
+	for (int i = 0; i < FETCHERS; i++)
+		fs[i] = s->fetchers[i].state;
 	syncing = s->syncing;
 	done = s->first_sync_done;
 	snprintf(err, sizeof(err), "%s", s->last_error);
+	err_when = s->last_error_when;
+	for (size_t i = 0; i < s->nnotes; i++)
+		failing |= s->notes[i].failed;
 	pthread_mutex_unlock(&s->lock);
 
-	out = xasprintf("account: %s@%s:%s\n"
-			"connection: %s\n"
-			"state: %s\n"
-			"headers fetched: %llu\n"
-			"bodies fetched: %llu\n"
-			"last error: %s\n",
-			s->cfg.user, s->cfg.host, s->cfg.port,
-			online ? "online" : "offline",
-			syncing || !done ? "syncing" : "idle",
-			(unsigned long long)atomic_load(&s->headers_fetched),
-			(unsigned long long)atomic_load(&s->bodies_fetched),
-			err[0] ? err : "none");
-	*text = out;
+	if (err[0] && err_when) {
+		struct tm tm;
+		time_t t = (time_t)err_when;
+
+		localtime_r(&t, &tm);
+		strftime(when, sizeof(when), " (%Y-%m-%d %H:%M:%S)", &tm);
+	}
+	*text = xasprintf("account: %s@%s:%s\n"
+			  "connection: %s\n"
+			  "fetcher 1: %s\n"
+			  "fetcher 2: %s\n"
+			  "state: %s\n"
+			  "jobs pending: %zu\n"
+			  "logins: %llu\n"
+			  "headers fetched: %llu\n"
+			  "bodies fetched: %llu\n"
+			  "last error: %s%s\n",
+			  s->cfg.user, s->cfg.host, s->cfg.port,
+			  state_name(cs), state_name(fs[0]), state_name(fs[1]),
+			  syncing || !done	     ? "syncing"
+			  : failing || cs != CONN_ONLINE ? "failing"
+							 : "idle",
+			  jobq_pending(s->jobs),
+			  (unsigned long long)atomic_load(&s->logins),
+			  (unsigned long long)atomic_load(&s->headers_fetched),
+			  (unsigned long long)atomic_load(&s->bodies_fetched),
+			  err[0] ? err : "none", when);
 }

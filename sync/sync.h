@@ -77,6 +77,20 @@ void sync_free(struct sync *s);
  */
 int sync_fetch_body(struct sync *s, int64_t umid);
 
+/* what the sync knows of one folder, for .convoyfs/status */
+struct sync_folder_status {
+	uint32_t total; /* messages on the server at the last look */
+	bool has_total;
+	bool failed; /* the last refresh or growth failed: */
+	char error[160]; /* why */
+	int64_t when; /* and when (Unix time) */
+};
+
+/* sync_folder_status - what the sync knows of folder @folder; -ENOENT
+ * before it was first looked at. Thread: any. */
+int sync_folder_status(struct sync *s, int64_t folder,
+		       struct sync_folder_status *out);
+
 /* sync_request_refresh - ask for a refresh of every folder now. */
 void sync_request_refresh(struct sync *s);
 

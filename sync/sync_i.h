@@ -56,6 +56,7 @@ enum conn_cap {
 	CAP_SPECIAL_USE = 1 << 5,
 	CAP_LIST_STATUS = 1 << 6,
 	CAP_ENABLE = 1 << 7,
+	CAP_OBJECTID = 1 << 8,
 };
 
 struct conn {
@@ -64,6 +65,7 @@ struct conn {
 	char *selected; /* owned: name of the selected folder, or NULL */
 	bool readonly; /* selected with EXAMINE */
 	uint64_t highestmodseq; /* from the last SELECT (CONDSTORE) */
+	bool qresync; /* ENABLE QRESYNC succeeded on this connection */
 };
 
 /*
@@ -98,6 +100,133 @@ bool conn_is_broken(const struct conn *c);
 /* conn_name_ok - a name or string that may be sent to the server:
  * no CR, LF (libetpan would send them raw). */
 bool conn_name_ok(const char *s);
+
+/* ---- imap.c: the IMAP primitives, failures graded ---- */
+
+/*
+ * What went wrong, as isync's driver contract grades it: the caller
+ * skips one message, gives up on one folder (the others go on), drops
+ * and re-makes the connection, or stops because it was asked to.
+ */
+enum imap_grade {
+	IMAP_OK = 0,
+	IMAP_MSG_BAD,
+	IMAP_FOLDER_BAD,
+	IMAP_CONN_BAD,
+	IMAP_CANCELLED,
+};
+
+/* imap_init - register our parsers for RFC 8474 ids with libetpan
+ * (process-wide): once, before any thread starts. */
+void imap_init(void);
+
+/* imap_prepare - after conn_open: ENABLE QRESYNC where offered (with
+ * CONDSTORE and ENABLE). A refusal is not an error: the connection
+ * then works without it. */
+int imap_prepare(struct conn *c);
+
+/* a folder as EXAMINE or STATUS sees it */
+struct imap_box {
+	uint32_t uidvalidity;
+	uint32_t uidnext; /* 0: the server did not say */
+	uint32_t exists;
+	uint64_t highestmodseq; /* 0: no CONDSTORE */
+	char *mailboxid; /* owned, may be NULL */
+};
+void imap_box_release(struct imap_box *b);
+
+/* imap_examine - EXAMINE @name (read-only: a look never clears \Recent
+ * for other clients), with CONDSTORE where offered. IMAP_FOLDER_BAD
+ * when the server refuses (the folder is gone or not selectable). */
+int imap_examine(struct conn *c, const char *name, struct imap_box *out);
+
+/* imap_status - STATUS @name (MESSAGES UIDNEXT UIDVALIDITY, and
+ * HIGHESTMODSEQ with CONDSTORE), without selecting it. */
+int imap_status(struct conn *c, const char *name, struct imap_box *out);
+
+struct imap_mailbox {
+	char *name; /* owned: raw (modified UTF-7) */
+	char delim; /* 0 for NIL */
+	bool noselect; /* \Noselect or \NonExistent */
+	const char *role; /* static: SPECIAL-USE role without '\', or NULL */
+};
+/* imap_list - LIST "" "*", duplicates dropped. Free with
+ * imap_mailboxes_free. */
+int imap_list(struct conn *c, struct imap_mailbox **out, size_t *n);
+void imap_mailboxes_free(struct imap_mailbox *v, size_t n);
+
+/* one message of a FETCH reply, valid during the callback only */
+struct imap_msg {
+	uint32_t uid;
+	uint32_t seq;
+	char *flags; /* NULL if not in the reply: sorted, no \Recent */
+	bool has_size, has_date;
+	uint64_t size;
+	int64_t date;
+	int zone;
+	const char *header; /* the HEADER.FIELDS literal, or NULL */
+	size_t header_len;
+	char *emailid; /* NULL unless OBJECTID */
+};
+
+enum imap_items {
+	IMAP_ITEMS_UID, /* UID only (to learn a sequence number) */
+	IMAP_ITEMS_FLAGS, /* UID FLAGS */
+	IMAP_ITEMS_META, /* UID FLAGS INTERNALDATE RFC822.SIZE, the header
+			    fields naming and threading need, EMAILID */
+};
+
+struct imap_uid_range {
+	uint32_t first, last;
+};
+
+/*
+ * One FETCH of the range @first:@last (@last 0 is '*'), by UID or by
+ * sequence number. Each message goes to @fn as it is parsed, so memory
+ * stays bounded by one message; @fn returns 0, or an error that skips
+ * the rest (the reply is still read to its end), -ECANCELED to cancel.
+ * With @changedsince and CONDSTORE, only messages changed since; with
+ * @want_vanished too and QRESYNC enabled, the UIDs expunged since come
+ * back in @vanished (VANISHED (EARLIER)).
+ */
+struct imap_fetch {
+	bool by_uid;
+	uint32_t first, last;
+	enum imap_items items;
+	uint64_t changedsince;
+	bool want_vanished;
+	int (*fn)(const struct imap_msg *m, void *ctx);
+	void *ctx;
+	/* out */
+	int cb_rc; /* the first error @fn returned */
+	size_t count; /* messages handed to @fn */
+	struct imap_uid_range *vanished; /* owned: imap_fetch_release */
+	size_t nvanished;
+};
+int imap_fetch(struct conn *c, struct imap_fetch *f);
+void imap_fetch_release(struct imap_fetch *f);
+
+/* imap_uid_search - UID SEARCH UID @lo:@hi: the UIDs the server has in
+ * that range, ascending, malloc'ed (free() it). */
+int imap_uid_search(struct conn *c, uint32_t lo, uint32_t hi, uint32_t **uids,
+		    size_t *n);
+
+/*
+ * imap_fetch_body - UID FETCH @uid BODY.PEEK[], the bytes streamed to
+ * @fn as they come (never held whole in memory); *@got counts them.
+ * @fn returns 0, or an error that aborts (kept in *@cb_rc; the
+ * connection is then lost, as the reply is left half-read).
+ */
+int imap_fetch_body(struct conn *c, uint32_t uid,
+		    int (*fn)(const char *bytes, size_t len, void *ctx),
+		    void *ctx, uint64_t *got, int *cb_rc);
+
+/* imap_noop - NOOP: is the connection still there? */
+int imap_noop(struct conn *c);
+
+/* imap_has_input - bytes wait on an idle connection (a BYE, or the
+ * server closed it): time to look with imap_noop. */
+bool imap_has_input(struct conn *c);
 
 /* ---- utf7.c: RFC 3501 §5.1.3 modified UTF-7 mailbox names ---- */
 

@@ -143,6 +143,97 @@ static int put_msg(struct store *s, int64_t folder, uint32_t uid,
 	return rc;
 }
 
+/* the message put_msg(s, @folder, @uid) made, as found in @to at @new_uid */
+static void same_msg(struct store_msg *m, char *mid, size_t len,
+		     int64_t folder, uint32_t uid, int64_t to, uint32_t new_uid)
+{
+	memset(m, 0, sizeof(*m));
+	snprintf(mid, len, "<%u.%lld@example.org>", uid, (long long)folder);
+	m->folder = to;
+	m->uid = new_uid;
+	m->flags = (char *)"\\Flagged";
+	m->date = 1700000000 + uid;
+	m->zone = 60;
+	m->size = 1000 + uid;
+	m->message_id = mid;
+}
+
+/*
+ * Identities that survive: an orphan is hidden and found again by
+ * Message-ID + INTERNALDATE + size (keeping its umid), a message that
+ * went where a new row was stored first takes that row's place, and
+ * orphans nobody adopted are purged.
+ */
+static int test_orphans(void)
+{
+	char *dir = test_dir("orphans");
+	struct store_msg m, got;
+	struct store *s;
+	int64_t inbox, arch, a, b, c, nc, twin, since;
+	uint64_t count;
+	size_t purged;
+	char mid[64];
+
+	CHECK_RC(store_open(dir, &s), 0);
+	inbox = add_folder(s, "INBOX");
+	arch = add_folder(s, "Archive");
+	CHECK_RC(put_msg(s, inbox, 1, "\\Seen", &a), 0);
+	CHECK_RC(put_msg(s, inbox, 2, "", &b), 0);
+	CHECK_RC(put_msg(s, inbox, 3, "", &c), 0);
+
+	/* a leaves INBOX: hidden from listings and counts, row kept */
+	CHECK_RC(store_msg_orphan(s, a), 0);
+	CHECK_RC(store_msg_get(s, a, &got), 0);
+	CHECK(got.uid == 0);
+	store_msg_release(&got);
+	CHECK_RC(store_folder_count(s, inbox, &count), 0);
+	CHECK(count == 2);
+	/* found in Archive: it takes a's umid, with the new flags */
+	same_msg(&m, mid, sizeof(mid), inbox, 1, arch, 7);
+	CHECK_RC(store_msg_adopt(s, &m), 0);
+	CHECK(m.umid == a);
+	CHECK_RC(store_msg_get(s, a, &got), 0);
+	CHECK(got.folder == arch && got.uid == 7);
+	CHECK(!strcmp(got.flags, "\\Flagged"));
+	store_msg_release(&got);
+	/* nothing else is adopted by it */
+	CHECK_RC(store_msg_adopt(s, &m), -ENOENT);
+
+	/* another Message-ID with the same date and size is not b */
+	CHECK_RC(store_msg_orphan(s, b), 0);
+	same_msg(&m, mid, sizeof(mid), inbox, 2, arch, 8);
+	mid[1] = 'x';
+	CHECK_RC(store_msg_adopt(s, &m), -ENOENT);
+
+	/* c is found in Archive first, stored as a new row; when c then
+	 * vanishes from INBOX, c takes that row's place */
+	CHECK_RC(store_msg_max_umid(s, &since), 0);
+	same_msg(&m, mid, sizeof(mid), inbox, 3, arch, 9);
+	CHECK_RC(store_msg_put(s, &m), 0);
+	nc = m.umid;
+	CHECK(nc > since);
+	CHECK_RC(store_msg_get(s, c, &got), 0);
+	CHECK_RC(store_msg_find_twin(s, since, &got, &twin), 0);
+	CHECK(twin == nc);
+	store_msg_release(&got);
+	CHECK_RC(store_msg_take_place(s, c, nc), 0);
+	CHECK_RC(store_msg_get(s, c, &got), 0);
+	CHECK(got.folder == arch && got.uid == 9);
+	CHECK(!strcmp(got.flags, "\\Flagged"));
+	store_msg_release(&got);
+	CHECK_RC(store_msg_get(s, nc, &got), -ENOENT);
+	CHECK_RC(store_folder_count(s, arch, &count), 0);
+	CHECK(count == 2);
+
+	/* b was never found again: purged */
+	CHECK_RC(store_folder_purge_orphans(s, inbox, &purged), 0);
+	CHECK(purged == 1);
+	CHECK_RC(store_msg_get(s, b, &got), -ENOENT);
+	store_close(s);
+	free(dir);
+	return 0;
+}
+
 static int write_body(struct store *s, int64_t umid, const void *buf,
 		      size_t len)
 {
@@ -645,6 +736,10 @@ static int test_flagsets_in_tx(void)
 	" < (first_date, coalesce(first_message_id, ''), first_umid))"
 
 static const char v2_schema[] =
+	/* what version 4 added */
+	"DROP INDEX messages_orphans;"
+	"ALTER TABLE messages DROP COLUMN emailid;"
+	"ALTER TABLE folders DROP COLUMN mailboxid;"
 	"DROP INDEX IF EXISTS messages_message_id;"
 	"CREATE INDEX messages_message_id ON messages (message_id);"
 	"CREATE TRIGGER messages_flagset_insert AFTER INSERT ON messages "
@@ -711,7 +806,7 @@ static int test_migrate_v2(void)
 	CHECK(raw_int(db, "PRAGMA user_version", 0) == 2);
 
 	CHECK_RC(store_open(dir, &s), 0);
-	CHECK(raw_int(db, "PRAGMA user_version", 0) == 3);
+	CHECK(raw_int(db, "PRAGMA user_version", 0) == 4);
 	CHECK(raw_int(db,
 		      "SELECT count(*) FROM sqlite_master WHERE name IN "
 		      "('messages_flagset_insert', 'messages_conv_insert', "
@@ -810,8 +905,13 @@ static int test_set_flags(void)
 		m.folder = folder;
 		m.uid = 1;
 		m.flags = (char *)(i % 2 ? "\\Seen" : "\\Flagged \\Seen");
-		CHECK_RC(store_msg_set_flags(s, &m), 0);
+		bool changed = false;
+
+		CHECK_RC(store_msg_set_flags(s, &m, &changed), 0);
 		CHECK(m.umid == a);
+		/* the first call changes "" to "\Flagged \Seen", then
+		 * each call flips between the two */
+		CHECK(changed);
 	}
 	CHECK_RC(store_msg_get(s, a, &got), 0);
 	CHECK(!strcmp(got.flags, "\\Flagged \\Seen"));
@@ -1422,6 +1522,7 @@ static const struct {
 } tests[] = {
 	{ "migrate", test_migrate },
 	{ "migrate_v2", test_migrate_v2 },
+	{ "orphans", test_orphans },
 	{ "concurrent_open", test_concurrent_open },
 	{ "modes", test_modes },
 	{ "folders", test_folders },

@@ -1,0 +1,114 @@
+/*
+ * grow.c - grow(folder): a folder too big to learn at once is learned
+ * newest first, one batch of sequence numbers below the known range at
+ * a time, each written with its bookmark (low_uid) so a crash, a cut
+ * link or a cancel redoes at most one batch.
+ */
+#define LOG_CAT "sync"
+#include "engine.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "common.h"
+
+static int locate_cb(const struct imap_msg *m, void *ctx)
+{
+	uint32_t *seq = ctx;
+
+	/* the lowest sequence number of the reply: replies may come in
+	 * any order */
+	if (m->seq && (!*seq || m->seq < *seq))
+		*seq = m->seq;
+	return 0;
+}
+
+static int grade_rc(int g)
+{
+	return g == IMAP_OK ? 0 : g == IMAP_CONN_BAD ? -ENOTCONN : -EREMOTE;
+}
+
+/*
+ * How many messages the server has below our known range: the sequence
+ * number of the lowest known message still there, less one. A few of
+ * the lowest known UIDs are asked in one UID FETCH (UID), since the
+ * lowest may have been expunged; if all of them were, a UID SEARCH
+ * counts what lies below.
+ */
+static int count_below(struct sync *s, struct store_folder *f, uint32_t *below)
+{
+	uint32_t *known = NULL, seq = 0;
+	size_t n = 0;
+	int rc;
+
+	rc = store_msg_uids_from(s->st, f->id, f->low_uid, f->uidnext, 16,
+				 &known, &n);
+	if (rc)
+		return rc;
+	if (n) {
+		struct imap_fetch q = { .by_uid = true,
+					.first = known[0],
+					.last = known[n - 1],
+					.items = IMAP_ITEMS_UID,
+					.fn = locate_cb,
+					.ctx = &seq };
+
+		rc = grade_rc(imap_fetch(s->conn, &q));
+		imap_fetch_release(&q);
+	}
+	free(known);
+	if (rc)
+		return rc;
+	if (seq) {
+		*below = seq - 1;
+		return 0;
+	}
+	{
+		uint32_t *uids;
+		size_t nu;
+		int g = imap_uid_search(s->conn, 1, f->low_uid - 1, &uids,
+					&nu);
+
+		if (g)
+			return grade_rc(g);
+		*below = (uint32_t)nu;
+		free(uids);
+	}
+	return 0;
+}
+
+int grow_folder(struct sync *s, struct store_folder *f, struct job *j)
+{
+	while (f->low_uid != 1) {
+		uint32_t below = 0, got = 0, first;
+		int rc;
+
+		if (job_is_cancelled(j) || sync_is_stopping(s))
+			return -ECANCELED;
+		if (!f->uidnext)
+			return 0; /* refresh has not seen it yet */
+		rc = count_below(s, f, &below);
+		if (rc)
+			return rc;
+		if (!below) {
+			struct batch b;
+
+			f->low_uid = 1;
+			batch_init(&b, s, f, BATCH_NEW);
+			rc = batch_write(&b, true);
+			batch_release(&b);
+			return rc;
+		}
+		first = below > s->batch ? below - s->batch + 1 : 1;
+		rc = refresh_seq_batch(s, f, first, below, &got);
+		if (rc)
+			return rc;
+		if (!got) {
+			log_warn("folder %s: no messages at %u:%u; will try "
+				 "again at the next refresh",
+				 f->name, first, below);
+			return -EAGAIN;
+		}
+	}
+	return 0;
+}

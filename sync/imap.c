@@ -1,0 +1,730 @@
+/*
+ * imap.c - the IMAP primitives the sync engine is built of: EXAMINE,
+ * LIST, STATUS, FETCH of metadata, UID SEARCH, NOOP. Each wraps
+ * libetpan and grades its failure as isync's driver contract does:
+ * this message is bad, this folder is bad, the connection is bad, or
+ * the caller cancelled. Callers decide by grade, never by guessing
+ * from libetpan's codes.
+ *
+ * Only commands whose replies libetpan 1.9.4 can parse are sent (an
+ * unparsable reply loses the session); EMAILID and MAILBOXID, which it
+ * does not know, get a parser of ours (imap_init).
+ */
+#define LOG_CAT "imap"
+#include "sync_i.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "common.h"
+
+/* ---- RFC 8474 OBJECTID: EMAILID in FETCH, MAILBOXID in STATUS ---- */
+
+static int objectid_parse(int calling, mailstream *fd, MMAPString *buf,
+			  struct mailimap_parser_context *ctx, size_t *indx,
+			  struct mailimap_extension_data **result, size_t pr,
+			  progress_function *pf);
+static void objectid_free(struct mailimap_extension_data *d);
+
+static struct mailimap_extension_api objectid_api = {
+	.ext_name = (char *)"CONVOYFS-OBJECTID",
+	.ext_id = -1,
+	.ext_parser = objectid_parse,
+	.ext_free = objectid_free,
+};
+
+enum { OBJ_EMAILID, OBJ_MAILBOXID, OBJ_THREADID };
+
+/*
+ * "EMAILID (M6d99ac3275bb4e)" in a FETCH, "MAILBOXID (F2212ea87-...)"
+ * in a STATUS, "THREADID (T...)" or "THREADID NIL" in a FETCH: the id
+ * is an atom of letters, digits, '-' and '_' (RFC 8474 §4), at most
+ * 255 bytes. Anything else is not ours.
+ */
+static int objectid_parse(int calling, mailstream *fd, MMAPString *buf,
+			  struct mailimap_parser_context *ctx, size_t *indx,
+			  struct mailimap_extension_data **result, size_t pr,
+			  progress_function *pf)
+{
+	static const struct {
+		const char *word;
+		int type;
+		int caller;
+	} words[] = {
+		{ "EMAILID", OBJ_EMAILID, MAILIMAP_EXTENDED_PARSER_FETCH_DATA },
+		{ "THREADID", OBJ_THREADID, MAILIMAP_EXTENDED_PARSER_FETCH_DATA },
+		{ "MAILBOXID", OBJ_MAILBOXID,
+		  MAILIMAP_EXTENDED_PARSER_STATUS_ATT },
+	};
+	const char *p = buf->str + *indx, *end = buf->str + buf->len, *q;
+
+	for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
+		size_t n = strlen(words[i].word);
+		char *id = NULL;
+
+		if (calling != words[i].caller || (size_t)(end - p) < n + 2 ||
+		    strncasecmp(p, words[i].word, n) || p[n] != ' ')
+			continue;
+		q = p + n + 1;
+		if (words[i].type == OBJ_THREADID &&
+		    (size_t)(end - q) >= 3 && !strncasecmp(q, "NIL", 3)) {
+			q += 3;
+		} else {
+			const char *s;
+
+			if (q >= end || *q != '(')
+				return MAILIMAP_ERROR_PARSE;
+			s = ++q;
+			while (q < end && q - s <= 255 &&
+			       (((*q | 0x20) >= 'a' && (*q | 0x20) <= 'z') ||
+				(*q >= '0' && *q <= '9') || *q == '-' ||
+				*q == '_'))
+				q++;
+			if (q >= end || *q != ')' || q == s)
+				return MAILIMAP_ERROR_PARSE;
+			id = xstrndup(s, (size_t)(q - s));
+			q++;
+		}
+		*result = mailimap_extension_data_new(&objectid_api,
+						      words[i].type, id);
+		if (!*result) {
+			free(id);
+			return MAILIMAP_ERROR_MEMORY;
+		}
+		*indx = (size_t)(q - buf->str);
+		return MAILIMAP_NO_ERROR;
+	}
+	return MAILIMAP_ERROR_PARSE;
+}
+
+static void objectid_free(struct mailimap_extension_data *d)
+{
+	if (!d)
+		return;
+	free(d->ext_data);
+	free(d);
+}
+
+void imap_init(void)
+{
+	static bool done;
+
+	/* process-wide in libetpan: once, before any thread starts */
+	if (!done) {
+		mailimap_extension_register(&objectid_api);
+		done = true;
+	}
+}
+
+/* ---- grading ---- */
+
+/* a failed command on @c: the connection or only this folder */
+static int grade(struct conn *c, int rc, const char *what)
+{
+	int e = conn_errno(c, rc, what);
+
+	if (!e)
+		return IMAP_OK;
+	return conn_is_broken(c) ? IMAP_CONN_BAD : IMAP_FOLDER_BAD;
+}
+
+int imap_prepare(struct conn *c)
+{
+	struct mailimap_capability_data *want, *enabled = NULL;
+	clist *caps;
+	int rc;
+
+	if (!(c->caps & CAP_QRESYNC) || !(c->caps & CAP_ENABLE) ||
+	    !(c->caps & CAP_CONDSTORE))
+		return IMAP_OK;
+	caps = clist_new();
+	clist_append(caps, mailimap_capability_new(MAILIMAP_CAPABILITY_NAME,
+						   NULL, xstrdup("QRESYNC")));
+	want = mailimap_capability_data_new(caps);
+	rc = mailimap_enable(c->imap, want, &enabled);
+	mailimap_capability_data_free(want);
+	if (enabled)
+		mailimap_capability_data_free(enabled);
+	if (rc != MAILIMAP_NO_ERROR) {
+		int g = grade(c, rc, "enable QRESYNC");
+
+		/* refused: carry on with CONDSTORE alone */
+		if (g != IMAP_CONN_BAD)
+			c->caps &= ~CAP_QRESYNC;
+		return g == IMAP_CONN_BAD ? g : IMAP_OK;
+	}
+	c->qresync = true;
+	return IMAP_OK;
+}
+
+/* ---- EXAMINE ---- */
+
+int imap_examine(struct conn *c, const char *name, struct imap_box *out)
+{
+	struct mailimap_selection_info *sel;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	/* always a new EXAMINE: its reply is what tells what changed */
+	free(c->selected);
+	c->selected = NULL;
+	rc = conn_select(c, name, true);
+	if (rc == -EIO)
+		return IMAP_CONN_BAD;
+	if (rc)
+		return IMAP_FOLDER_BAD;
+	sel = c->imap->imap_selection_info;
+	if (!sel)
+		return IMAP_FOLDER_BAD;
+	out->uidvalidity = sel->sel_uidvalidity;
+	out->uidnext = sel->sel_uidnext;
+	out->exists = sel->sel_exists;
+	out->highestmodseq = c->highestmodseq;
+	return IMAP_OK;
+}
+
+/* ---- LIST ---- */
+
+/* RFC 6154 roles we recognise, as libetpan gives them (no backslash) */
+static const char *const roles[] = { "All",  "Archive", "Drafts", "Flagged",
+				     "Junk", "Sent",	"Trash" };
+
+static void read_list_flags(const struct mailimap_mbx_list_flags *fl,
+			    struct imap_mailbox *mb)
+{
+	if (!fl)
+		return;
+	if (fl->mbf_type == MAILIMAP_MBX_LIST_FLAGS_SFLAG &&
+	    fl->mbf_sflag == MAILIMAP_MBX_LIST_SFLAG_NOSELECT)
+		mb->noselect = true;
+	for (clistiter *it = clist_begin(fl->mbf_oflags); it;
+	     it = clist_next(it)) {
+		struct mailimap_mbx_list_oflag *of = clist_content(it);
+		const char *ext;
+
+		if (of->of_type != MAILIMAP_MBX_LIST_OFLAG_FLAG_EXT)
+			continue;
+		ext = of->of_flag_ext;
+		if (!strcasecmp(ext, "NonExistent") ||
+		    !strcasecmp(ext, "Noselect"))
+			mb->noselect = true;
+		/* Cyrus sends them in lower case */
+		for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++)
+			if (!strcasecmp(ext, roles[i]) && !mb->role)
+				mb->role = roles[i];
+	}
+}
+
+int imap_list(struct conn *c, struct imap_mailbox **out, size_t *n)
+{
+	clist *list = NULL;
+	struct imap_mailbox *v;
+	size_t k = 0;
+	int rc;
+
+	*out = NULL;
+	*n = 0;
+	rc = mailimap_list(c->imap, "", "*", &list);
+	if (rc != MAILIMAP_NO_ERROR)
+		return grade(c, rc, "list folders");
+	v = xcalloc(clist_count(list) + 1, sizeof(*v));
+	for (clistiter *it = clist_begin(list); it; it = clist_next(it)) {
+		struct mailimap_mailbox_list *mb = clist_content(it);
+		bool dup = false;
+
+		if (!mb->mb_name || !*mb->mb_name)
+			continue;
+		for (size_t i = 0; i < k && !dup; i++)
+			dup = !strcmp(v[i].name, mb->mb_name);
+		if (dup)
+			continue;
+		v[k].name = xstrdup(mb->mb_name);
+		v[k].delim = mb->mb_delimiter;
+		read_list_flags(mb->mb_flag, &v[k]);
+		k++;
+	}
+	mailimap_list_result_free(list);
+	*out = v;
+	*n = k;
+	return IMAP_OK;
+}
+
+void imap_mailboxes_free(struct imap_mailbox *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i].name);
+	free(v);
+}
+
+/* ---- STATUS ---- */
+
+int imap_status(struct conn *c, const char *name, struct imap_box *out)
+{
+	struct mailimap_status_att_list *atts;
+	struct mailimap_mailbox_data_status *st = NULL;
+	char *what;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if (!conn_name_ok(name))
+		return IMAP_FOLDER_BAD;
+	atts = mailimap_status_att_list_new_empty();
+	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_MESSAGES);
+	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_UIDNEXT);
+	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_UIDVALIDITY);
+	if (c->caps & CAP_CONDSTORE)
+		mailimap_status_att_list_add(atts,
+					     MAILIMAP_STATUS_ATT_HIGHESTMODSEQ);
+	rc = mailimap_status(c->imap, name, atts, &st);
+	mailimap_status_att_list_free(atts);
+	if (rc != MAILIMAP_NO_ERROR) {
+		what = xasprintf("get the status of folder %s", name);
+		rc = grade(c, rc, what);
+		free(what);
+		return rc;
+	}
+	for (clistiter *it = clist_begin(st->st_info_list); it;
+	     it = clist_next(it)) {
+		struct mailimap_status_info *si = clist_content(it);
+
+		switch (si->st_att) {
+		case MAILIMAP_STATUS_ATT_MESSAGES:
+			out->exists = si->st_value;
+			break;
+		case MAILIMAP_STATUS_ATT_UIDNEXT:
+			out->uidnext = si->st_value;
+			break;
+		case MAILIMAP_STATUS_ATT_UIDVALIDITY:
+			out->uidvalidity = si->st_value;
+			break;
+		case MAILIMAP_STATUS_ATT_EXTENSION: {
+			struct mailimap_extension_data *ext = si->st_ext_data;
+
+			if (!ext)
+				break;
+			if (ext->ext_extension == &objectid_api &&
+			    ext->ext_type == OBJ_MAILBOXID && ext->ext_data) {
+				free(out->mailboxid);
+				out->mailboxid = xstrdup(ext->ext_data);
+			} else if (ext->ext_extension->ext_id ==
+					   MAILIMAP_EXTENSION_CONDSTORE &&
+				   ext->ext_data) {
+				struct mailimap_condstore_status_info *cs =
+					ext->ext_data;
+
+				out->highestmodseq = cs->cs_highestmodseq_value;
+			}
+			break;
+		}
+		default:
+			break;
+		}
+	}
+	mailimap_mailbox_data_status_free(st);
+	return IMAP_OK;
+}
+
+void imap_box_release(struct imap_box *b)
+{
+	free(b->mailboxid);
+	b->mailboxid = NULL;
+}
+
+/* ---- FETCH ---- */
+
+/* the header fields naming and threading need */
+static const char *const header_fields[] = { "MESSAGE-ID", "SUBJECT", "FROM",
+					     "REFERENCES", "IN-REPLY-TO" };
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* flags as the store keeps them: sorted, space-separated, no \Recent */
+static char *flags_string(struct mailimap_msg_att_dynamic *dyn)
+{
+	const char *names[64];
+	char ext[64][80]; /* \Extension flags: libetpan drops the '\' */
+	size_t n = 0, len = 1;
+	char *out, *p;
+
+	if (!dyn || !dyn->att_list)
+		return xstrdup("");
+	for (clistiter *it = clist_begin(dyn->att_list); it && n < 64;
+	     it = clist_next(it)) {
+		struct mailimap_flag_fetch *ff = clist_content(it);
+		struct mailimap_flag *fl = ff->fl_flag;
+		const char *name = NULL;
+
+		if (ff->fl_type != MAILIMAP_FLAG_FETCH_OTHER || !fl)
+			continue;
+		switch (fl->fl_type) {
+		case MAILIMAP_FLAG_ANSWERED: name = "\\Answered"; break;
+		case MAILIMAP_FLAG_FLAGGED: name = "\\Flagged"; break;
+		case MAILIMAP_FLAG_DELETED: name = "\\Deleted"; break;
+		case MAILIMAP_FLAG_SEEN: name = "\\Seen"; break;
+		case MAILIMAP_FLAG_DRAFT: name = "\\Draft"; break;
+		case MAILIMAP_FLAG_KEYWORD: name = fl->fl_data.fl_keyword; break;
+		case MAILIMAP_FLAG_EXTENSION:
+			if (!fl->fl_data.fl_extension)
+				break;
+			snprintf(ext[n], sizeof(ext[n]), "\\%s",
+				 fl->fl_data.fl_extension);
+			name = ext[n];
+			break;
+		}
+		/* a flag is an atom: nothing that could split the list */
+		if (!name || !*name || strpbrk(name, " \r\n"))
+			continue;
+		names[n++] = name;
+	}
+	qsort(names, n, sizeof(names[0]), cmp_str);
+	for (size_t i = 0; i < n; i++)
+		len += strlen(names[i]) + 2;
+	p = out = xmalloc(len);
+	*p = '\0';
+	for (size_t i = 0; i < n; i++) {
+		if (i && !strcmp(names[i], names[i - 1]))
+			continue;
+		p += sprintf(p, "%s%s", p == out ? "" : " ", names[i]);
+	}
+	return out;
+}
+
+/* INTERNALDATE to Unix time, and its zone in minutes east of UTC */
+static void read_date(const struct mailimap_date_time *dt, int64_t *t,
+		      int *zone)
+{
+	struct tm tm = { 0 };
+	int z = dt->dt_zone, sign = z < 0 ? -1 : 1;
+
+	z = abs(z);
+	*zone = sign * (z / 100 * 60 + z % 100);
+	tm.tm_year = dt->dt_year - 1900;
+	tm.tm_mon = dt->dt_month - 1;
+	tm.tm_mday = dt->dt_day;
+	tm.tm_hour = dt->dt_hour;
+	tm.tm_min = dt->dt_min;
+	tm.tm_sec = dt->dt_sec;
+	*t = (int64_t)timegm(&tm) - (int64_t)*zone * 60;
+}
+
+static void parse_att(struct mailimap_msg_att *att, struct imap_msg *m)
+{
+	m->seq = att->att_number;
+	for (clistiter *it = clist_begin(att->att_list); it;
+	     it = clist_next(it)) {
+		struct mailimap_msg_att_item *item = clist_content(it);
+		struct mailimap_msg_att_static *st;
+
+		if (item->att_type == MAILIMAP_MSG_ATT_ITEM_DYNAMIC) {
+			free(m->flags);
+			m->flags = flags_string(item->att_data.att_dyn);
+			continue;
+		}
+		if (item->att_type == MAILIMAP_MSG_ATT_ITEM_EXTENSION) {
+			struct mailimap_extension_data *ext =
+				item->att_data.att_extension_data;
+
+			if (ext && ext->ext_extension == &objectid_api &&
+			    ext->ext_type == OBJ_EMAILID && ext->ext_data &&
+			    !m->emailid)
+				m->emailid = xstrdup(ext->ext_data);
+			continue;
+		}
+		if (item->att_type != MAILIMAP_MSG_ATT_ITEM_STATIC)
+			continue;
+		st = item->att_data.att_static;
+		switch (st->att_type) {
+		case MAILIMAP_MSG_ATT_UID:
+			m->uid = st->att_data.att_uid;
+			break;
+		case MAILIMAP_MSG_ATT_RFC822_SIZE:
+			m->size = st->att_data.att_rfc822_size;
+			m->has_size = true;
+			break;
+		case MAILIMAP_MSG_ATT_INTERNALDATE:
+			if (st->att_data.att_internal_date) {
+				read_date(st->att_data.att_internal_date,
+					  &m->date, &m->zone);
+				m->has_date = true;
+			}
+			break;
+		case MAILIMAP_MSG_ATT_BODY_SECTION: {
+			struct mailimap_msg_att_body_section *sec =
+				st->att_data.att_body_section;
+
+			/* for BODY[] sec_section is NULL (LIBETPAN.md §6) */
+			if (sec && sec->sec_body_part && !m->header) {
+				m->header = sec->sec_body_part;
+				m->header_len = sec->sec_length;
+			}
+			break;
+		}
+		default:
+			break;
+		}
+	}
+}
+
+struct fetch_ctx {
+	struct imap_fetch *f;
+};
+
+static void on_message(struct mailimap_msg_att *att, void *ctx)
+{
+	struct imap_fetch *f = ((struct fetch_ctx *)ctx)->f;
+	struct imap_msg m = { 0 };
+	int rc;
+
+	if (f->cb_rc)
+		return;
+	parse_att(att, &m);
+	/* a FETCH without UID is unsolicited (a flag change pushed by
+	 * the server): not an answer to this command */
+	if (m.uid) {
+		rc = f->fn(&m, f->ctx);
+		if (rc)
+			f->cb_rc = rc;
+		f->count++;
+	}
+	free(m.flags);
+	free(m.emailid);
+}
+
+static void no_progress(size_t current, size_t maximum, void *ctx)
+{
+}
+
+static struct mailimap_fetch_type *fetch_type(const struct conn *c,
+					      enum imap_items items)
+{
+	struct mailimap_fetch_type *ft;
+	clist *hdrs;
+
+	ft = mailimap_fetch_type_new_fetch_att_list_empty();
+	mailimap_fetch_type_new_fetch_att_list_add(ft,
+						   mailimap_fetch_att_new_uid());
+	if (items == IMAP_ITEMS_UID)
+		return ft;
+	mailimap_fetch_type_new_fetch_att_list_add(
+		ft, mailimap_fetch_att_new_flags());
+	if (items == IMAP_ITEMS_FLAGS)
+		return ft;
+	mailimap_fetch_type_new_fetch_att_list_add(
+		ft, mailimap_fetch_att_new_internaldate());
+	mailimap_fetch_type_new_fetch_att_list_add(
+		ft, mailimap_fetch_att_new_rfc822_size());
+	if (c->caps & CAP_OBJECTID)
+		mailimap_fetch_type_new_fetch_att_list_add(
+			ft, mailimap_fetch_att_new_extension(xstrdup("EMAILID")));
+	hdrs = clist_new();
+	for (size_t i = 0; i < sizeof(header_fields) / sizeof(header_fields[0]);
+	     i++)
+		clist_append(hdrs, xstrdup(header_fields[i]));
+	mailimap_fetch_type_new_fetch_att_list_add(
+		ft, mailimap_fetch_att_new_body_peek_section(
+			    mailimap_section_new_header_fields(
+				    mailimap_header_list_new(hdrs))));
+	return ft;
+}
+
+/* UIDs of a VANISHED set into @f's list, each range within bounds */
+static void take_vanished(struct imap_fetch *f, struct mailimap_set *set)
+{
+	if (!set)
+		return;
+	for (clistiter *it = clist_begin(set->set_list); it;
+	     it = clist_next(it)) {
+		struct mailimap_set_item *si = clist_content(it);
+		uint32_t a = si->set_first, b = si->set_last;
+
+		if (!a)
+			continue;
+		if (!b || b < a) /* '*' or reversed */
+			b = b ? a : f->last ? f->last : a;
+		f->vanished = xrealloc(f->vanished, (f->nvanished + 1) *
+							    sizeof(*f->vanished));
+		f->vanished[f->nvanished].first = a;
+		f->vanished[f->nvanished].last = b;
+		f->nvanished++;
+	}
+}
+
+int imap_fetch(struct conn *c, struct imap_fetch *f)
+{
+	struct mailimap_fetch_type *ft = fetch_type(c, f->items);
+	struct mailimap_set *set =
+		mailimap_set_new_interval(f->first, f->last);
+	struct mailimap_qresync_vanished *van = NULL;
+	struct fetch_ctx ctx = { .f = f };
+	clist *result = NULL;
+	int rc;
+
+	f->cb_rc = 0;
+	f->count = 0;
+	mailimap_set_msg_att_handler(c->imap, on_message, &ctx);
+	mailimap_set_progress_callback(c->imap, no_progress, no_progress, &ctx);
+	if (!f->by_uid)
+		rc = mailimap_fetch(c->imap, set, ft, &result);
+	else if (f->changedsince && f->want_vanished && c->qresync)
+		rc = mailimap_uid_fetch_qresync(c->imap, set, ft,
+						f->changedsince, &result, &van);
+	else if (f->changedsince && (c->caps & CAP_CONDSTORE))
+		rc = mailimap_uid_fetch_changedsince(c->imap, set, ft,
+						     f->changedsince, &result);
+	else
+		rc = mailimap_uid_fetch(c->imap, set, ft, &result);
+	mailimap_set_msg_att_handler(c->imap, NULL, NULL);
+	mailimap_set_progress_callback(c->imap, NULL, NULL, NULL);
+	if (result)
+		mailimap_fetch_list_free(result);
+	mailimap_fetch_type_free(ft);
+	mailimap_set_free(set);
+	if (van) {
+		take_vanished(f, van->qr_known_uids);
+		mailimap_qresync_vanished_free(van);
+	}
+	if (rc != MAILIMAP_NO_ERROR)
+		return grade(c, rc, "fetch message data");
+	if (f->cb_rc == -ECANCELED)
+		return IMAP_CANCELLED;
+	return IMAP_OK;
+}
+
+void imap_fetch_release(struct imap_fetch *f)
+{
+	free(f->vanished);
+	f->vanished = NULL;
+	f->nvanished = 0;
+}
+
+/* ---- UID SEARCH ---- */
+
+int imap_uid_search(struct conn *c, uint32_t lo, uint32_t hi, uint32_t **uids,
+		    size_t *n)
+{
+	struct mailimap_search_key *key;
+	clist *result = NULL;
+	uint32_t *v;
+	size_t k = 0;
+	int rc;
+
+	*uids = NULL;
+	*n = 0;
+	key = mailimap_search_key_new_uid(mailimap_set_new_interval(lo, hi));
+	rc = mailimap_uid_search(c->imap, NULL, key, &result);
+	mailimap_search_key_free(key);
+	if (rc != MAILIMAP_NO_ERROR)
+		return grade(c, rc, "search folder");
+	v = xmalloc((clist_count(result) + 1) * sizeof(*v));
+	for (clistiter *it = clist_begin(result); it; it = clist_next(it)) {
+		uint32_t u = *(uint32_t *)clist_content(it);
+
+		/* "n:m" also matches the highest UID when it is below n */
+		if (u >= lo && u <= hi)
+			v[k++] = u;
+	}
+	mailimap_search_result_free(result);
+	*uids = v;
+	*n = k;
+	return IMAP_OK;
+}
+
+/* ---- keeping a connection honest ---- */
+
+int imap_noop(struct conn *c)
+{
+	int rc;
+
+	if (conn_is_broken(c))
+		return IMAP_CONN_BAD;
+	rc = mailimap_noop(c->imap);
+	return rc == MAILIMAP_NO_ERROR ? IMAP_OK : grade(c, rc, "send NOOP");
+}
+
+bool imap_has_input(struct conn *c)
+{
+	mailstream *s = c->imap ? c->imap->imap_stream : NULL;
+	struct pollfd pfd;
+	int fd;
+
+	if (!s)
+		return true;
+	if (s->read_buffer_len || tls_pending(s))
+		return true;
+	fd = mailstream_low_get_fd(mailstream_get_low(s));
+	if (fd < 0)
+		return true;
+	pfd.fd = fd;
+	pfd.events = POLLIN;
+	pfd.revents = 0;
+	return poll(&pfd, 1, 0) > 0;
+}
+
+/* ---- one body ---- */
+
+struct body_ctx {
+	int (*fn)(const char *bytes, size_t len, void *ctx);
+	void *ctx;
+	uint64_t got;
+	int rc;
+};
+
+static bool on_body_bytes(int type, struct mailimap_msg_att_body_section *sec,
+			  const char *bytes, size_t len, void *ctx)
+{
+	struct body_ctx *b = ctx;
+
+	b->rc = b->fn(bytes, len, b->ctx);
+	if (b->rc)
+		return false;
+	b->got += len;
+	return true;
+}
+
+static void on_body_att(struct mailimap_msg_att *att, void *ctx)
+{
+}
+
+int imap_fetch_body(struct conn *c, uint32_t uid,
+		    int (*fn)(const char *bytes, size_t len, void *ctx),
+		    void *ctx, uint64_t *got, int *cb_rc)
+{
+	struct body_ctx b = { .fn = fn, .ctx = ctx };
+	struct mailimap_fetch_type *ft;
+	struct mailimap_set *set = mailimap_set_new_single(uid);
+	clist *result = NULL;
+	int rc;
+
+	ft = mailimap_fetch_type_new_fetch_att_list_empty();
+	mailimap_fetch_type_new_fetch_att_list_add(ft,
+						   mailimap_fetch_att_new_uid());
+	/* PEEK: reading never marks mail \Seen */
+	mailimap_fetch_type_new_fetch_att_list_add(
+		ft, mailimap_fetch_att_new_body_peek_section(
+			    mailimap_section_new(NULL)));
+	mailimap_set_msg_body_handler(c->imap, on_body_bytes, &b);
+	mailimap_set_msg_att_handler(c->imap, on_body_att, &b);
+	mailimap_set_progress_callback(c->imap, no_progress, no_progress, &b);
+	rc = mailimap_uid_fetch(c->imap, set, ft, &result);
+	mailimap_set_msg_body_handler(c->imap, NULL, NULL);
+	mailimap_set_msg_att_handler(c->imap, NULL, NULL);
+	mailimap_set_progress_callback(c->imap, NULL, NULL, NULL);
+	if (result)
+		mailimap_fetch_list_free(result);
+	mailimap_fetch_type_free(ft);
+	mailimap_set_free(set);
+	*got = b.got;
+	*cb_rc = b.rc;
+	if (rc == MAILIMAP_NO_ERROR)
+		return IMAP_OK;
+	/* our handler stopped the reply half-read: the session is lost */
+	return grade(c, rc, "fetch a body");
+}

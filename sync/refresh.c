@@ -1,0 +1,430 @@
+/*
+ * refresh.c - refresh(folder), DESIGN §4: what changed on the server in
+ * a folder we know. New mail by UIDNEXT first, then flag changes and
+ * deletions of what we know: CONDSTORE's CHANGEDSINCE and QRESYNC's
+ * VANISHED where offered, else bounded chunks of the known range. Every
+ * command is bounded in length (UID sets are single ranges) and every
+ * batch in memory; each is written with its bookmark in one short
+ * transaction.
+ */
+#define LOG_CAT "sync"
+#include "engine.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+/* an imap_grade of a command as the errno the job returns */
+static int job_rc(struct sync *s, int grade)
+{
+	switch (grade) {
+	case IMAP_OK:
+		return 0;
+	case IMAP_CANCELLED:
+		return -ECANCELED;
+	case IMAP_CONN_BAD:
+		return -ENOTCONN;
+	default:
+		return -EREMOTE;
+	}
+}
+
+static bool stop_now(struct sync *s, struct job *j)
+{
+	return job_is_cancelled(j) || sync_is_stopping(s);
+}
+
+/* run one FETCH into @b; a link that drops mid-command makes the next
+ * batches smaller */
+static int fetch_into(struct sync *s, struct batch *b, struct imap_fetch *f)
+{
+	int g;
+
+	f->fn = batch_take;
+	f->ctx = b;
+	g = imap_fetch(s->conn, f);
+	if (g == IMAP_CONN_BAD)
+		sync_batch_failed(s);
+	return job_rc(s, g);
+}
+
+static int save_bookmark(struct sync *s, struct store_folder *f)
+{
+	struct batch b;
+	int rc;
+
+	batch_init(&b, s, f, BATCH_NEW);
+	rc = batch_write(&b, true);
+	batch_release(&b);
+	return rc;
+}
+
+int refresh_seq_batch(struct sync *s, struct store_folder *f, uint32_t first,
+		      uint32_t last, uint32_t *got)
+{
+	struct imap_fetch q = { .by_uid = false,
+				.first = first,
+				.last = last,
+				.items = IMAP_ITEMS_META };
+	struct batch b;
+	int rc;
+
+	batch_init(&b, s, f, BATCH_NEW);
+	rc = fetch_into(s, &b, &q);
+	*got = (uint32_t)b.n;
+	if (!rc) {
+		uint32_t low = f->low_uid;
+
+		if (first == 1)
+			f->low_uid = 1;
+		else if (b.min_uid && (!low || b.min_uid < low))
+			f->low_uid = b.min_uid;
+		if (!f->uidnext && b.max_uid)
+			f->uidnext = b.max_uid + 1;
+		rc = batch_write(&b, true);
+		if (rc) {
+			f->low_uid = low;
+		}
+	}
+	batch_release(&b);
+	imap_fetch_release(&q);
+	return rc;
+}
+
+/*
+ * New mail: UID FETCH in ranges from our UIDNEXT up to the server's,
+ * each a bounded batch written with the bookmark that covers it. UIDs
+ * may be sparse: a range that returned few messages is made wider for
+ * the next one, so a gap costs few commands.
+ */
+static int fetch_new(struct sync *s, struct store_folder *f,
+		     uint32_t server_uidnext, struct job *j)
+{
+	uint64_t width = s->batch;
+	uint32_t hold = 0; /* the bookmark stops below a skipped message */
+	uint32_t a = f->uidnext ? f->uidnext : 1;
+	int rc = 0;
+
+	while (!rc && (!server_uidnext || a < server_uidnext)) {
+		uint32_t b_last;
+		struct imap_fetch q = { .by_uid = true,
+					.first = a,
+					.items = IMAP_ITEMS_META };
+		struct batch b;
+
+		if (stop_now(s, j))
+			return -ECANCELED;
+		if (server_uidnext) {
+			uint64_t last = (uint64_t)a + width - 1;
+
+			b_last = last >= server_uidnext ? server_uidnext - 1
+							: (uint32_t)last;
+		} else {
+			b_last = 0; /* no UIDNEXT: everything above, once */
+		}
+		q.last = b_last;
+		batch_init(&b, s, f, BATCH_NEW);
+		rc = fetch_into(s, &b, &q);
+		if (!rc) {
+			uint32_t next = b_last ? b_last + 1
+					       : (b.max_uid >= a ? b.max_uid + 1
+								 : a);
+
+			if (b.skipped_uid && (!hold || b.skipped_uid < hold))
+				hold = b.skipped_uid;
+			f->uidnext = hold && hold < next ? hold : next;
+			rc = batch_write(&b, true);
+			/* a sparse range: widen, so that about a batch
+			 * comes back next time */
+			if (!rc && b_last && q.count < s->batch / 2)
+				width = width * 2 > (1u << 24) ? (1u << 24)
+							       : width * 2;
+			else if (!rc && q.count > s->batch)
+				width = s->batch;
+		}
+		batch_release(&b);
+		imap_fetch_release(&q);
+		if (!b_last)
+			break;
+		a = b_last + 1;
+	}
+	return rc;
+}
+
+/* known UIDs of @f in chunks: [*from, ...) up to @max of them */
+static int known_chunk(struct sync *s, struct store_folder *f, uint32_t from,
+		       size_t max, uint32_t **uids, size_t *n)
+{
+	return store_msg_uids_from(s->st, f->id, from, f->uidnext, max, uids,
+				   n);
+}
+
+static bool in_sorted(const uint32_t *v, size_t n, uint32_t x)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (v[mid] == x)
+			return true;
+		if (v[mid] < x)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return false;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Without CONDSTORE: the flags of the known range, a bounded chunk of
+ * known UIDs per command (UID FETCH a:b (UID FLAGS)); a known UID the
+ * reply leaves out is gone.
+ */
+static int flags_by_chunks(struct sync *s, struct store_folder *f,
+			   struct job *j)
+{
+	uint32_t from = f->low_uid ? f->low_uid : 1;
+	int rc = 0;
+
+	for (;;) {
+		size_t max = (size_t)s->batch * SYNC_FLAGS_PER_BATCH, n;
+		uint32_t *known, *got;
+		struct imap_fetch q = { .by_uid = true,
+					.items = IMAP_ITEMS_FLAGS };
+		struct batch b;
+
+		if (stop_now(s, j))
+			return -ECANCELED;
+		rc = known_chunk(s, f, from, max, &known, &n);
+		if (rc || !n) {
+			free(known);
+			return rc;
+		}
+		q.first = known[0];
+		q.last = known[n - 1];
+		batch_init(&b, s, f, BATCH_FLAGS);
+		rc = fetch_into(s, &b, &q);
+		if (!rc) {
+			got = xmalloc((b.n + 1) * sizeof(*got));
+			for (size_t i = 0; i < b.n; i++)
+				got[i] = b.v[i].uid;
+			qsort(got, b.n, sizeof(*got), cmp_u32);
+			for (size_t i = 0; i < n; i++)
+				if (!in_sorted(got, b.n, known[i]))
+					batch_gone(&b, known[i]);
+			free(got);
+			rc = batch_write(&b, false);
+		}
+		batch_release(&b);
+		imap_fetch_release(&q);
+		from = known[n - 1] + 1;
+		free(known);
+		if (rc || n < max)
+			return rc;
+	}
+}
+
+/*
+ * With CONDSTORE: one UID FETCH of the known range with CHANGEDSINCE
+ * (and VANISHED under QRESYNC): only what changed comes back. The reply
+ * is written in bounded batches as it streams in; flag updates are the
+ * same whenever they are written, and the MODSEQ bookmark moves only
+ * after the whole reply.
+ */
+static int flags_changed_since(struct sync *s, struct store_folder *f,
+			       struct job *j)
+{
+	struct imap_fetch q = { .by_uid = true,
+				.first = f->low_uid ? f->low_uid : 1,
+				.last = f->uidnext - 1,
+				.items = IMAP_ITEMS_FLAGS,
+				.changedsince = f->highestmodseq,
+				.want_vanished = true };
+	struct batch b;
+	int rc;
+
+	if (q.last < q.first)
+		return 0;
+	batch_init(&b, s, f, BATCH_FLAGS);
+	rc = fetch_into(s, &b, &q);
+	if (!rc) {
+		for (size_t i = 0; i < q.nvanished; i++) {
+			uint32_t a = q.vanished[i].first, z = q.vanished[i].last;
+			uint32_t *known;
+			size_t n;
+
+			/* only the UIDs we hold, so a huge range costs
+			 * nothing more than they do */
+			while (!rc && a <= z) {
+				rc = store_msg_uids_from(s->st, f->id, a,
+							 z == UINT32_MAX ? z : z + 1,
+							 4096, &known, &n);
+				for (size_t k = 0; !rc && k < n; k++)
+					batch_gone(&b, known[k]);
+				if (!rc && n)
+					a = known[n - 1] + 1;
+				free(known);
+				if (!n || n < 4096)
+					break;
+			}
+		}
+		if (!rc)
+			rc = batch_write(&b, false);
+	}
+	batch_release(&b);
+	imap_fetch_release(&q);
+	return rc;
+}
+
+/*
+ * Deletions without QRESYNC: UID SEARCH UID a:b over chunks of the
+ * known range, diffed against the store.
+ */
+static int gone_by_search(struct sync *s, struct store_folder *f,
+			  struct job *j)
+{
+	uint32_t from = f->low_uid ? f->low_uid : 1;
+	int rc = 0;
+
+	for (;;) {
+		size_t max = (size_t)s->batch * SYNC_FLAGS_PER_BATCH * 2, n, ns;
+		uint32_t *known, *have;
+		struct batch b;
+		int g;
+
+		if (stop_now(s, j))
+			return -ECANCELED;
+		rc = known_chunk(s, f, from, max, &known, &n);
+		if (rc || !n) {
+			free(known);
+			return rc;
+		}
+		g = imap_uid_search(s->conn, known[0], known[n - 1], &have, &ns);
+		if (g) {
+			free(known);
+			if (g == IMAP_CONN_BAD)
+				sync_batch_failed(s);
+			return job_rc(s, g);
+		}
+		batch_init(&b, s, f, BATCH_FLAGS);
+		for (size_t i = 0; i < n; i++)
+			if (!in_sorted(have, ns, known[i]))
+				batch_gone(&b, known[i]);
+		rc = batch_write(&b, false);
+		batch_release(&b);
+		free(have);
+		from = known[n - 1] + 1;
+		free(known);
+		if (rc || n < max)
+			return rc;
+	}
+}
+
+/* UIDVALIDITY changed: every UID we hold names another message now.
+ * They all become orphans, and the folder is learned again: each
+ * message found with the same Message-ID, INTERNALDATE and size takes
+ * its orphan's umid back, so inodes and file names survive. */
+static int new_uidvalidity(struct sync *s, struct store_folder *f,
+			   uint32_t uidvalidity)
+{
+	int rc;
+
+	log_warn("folder %s: UIDVALIDITY changed from %u to %u; learning it "
+		 "again",
+		 f->name, f->uidvalidity, uidvalidity);
+	rc = store_begin(s->st);
+	if (!rc)
+		rc = store_folder_orphan_all(s->st, f->id);
+	f->uidvalidity = uidvalidity;
+	f->uidnext = f->low_uid = 0;
+	f->highestmodseq = 0;
+	if (!rc)
+		rc = store_folder_set_sync(s->st, f->id, f->uidvalidity,
+					   f->uidnext, f->low_uid,
+					   f->highestmodseq);
+	if (!rc)
+		rc = store_commit(s->st);
+	if (rc)
+		store_rollback(s->st);
+	else
+		sync_notify(s, SYNC_MESSAGES, f->id);
+	return rc;
+}
+
+int refresh_folder(struct sync *s, struct store_folder *f, struct job *j)
+{
+	struct imap_box box;
+	uint64_t known = 0;
+	uint32_t got;
+	bool modseq_moved;
+	int rc;
+
+	rc = job_rc(s, imap_examine(s->conn, f->name, &box));
+	if (rc)
+		return rc;
+	sync_note_total(s, f->id, box.exists);
+	if (f->uidvalidity && box.uidvalidity != f->uidvalidity) {
+		rc = new_uidvalidity(s, f, box.uidvalidity);
+		if (rc)
+			return rc;
+	}
+	f->uidvalidity = box.uidvalidity;
+
+	if (!f->uidnext) {
+		/* never seen: the newest batch now, the rest by grow */
+		if (!box.exists) {
+			f->uidnext = box.uidnext ? box.uidnext : 1;
+			f->low_uid = 1;
+			f->highestmodseq = box.highestmodseq;
+			return save_bookmark(s, f);
+		}
+		f->highestmodseq = box.highestmodseq;
+		f->uidnext = box.uidnext;
+		rc = refresh_seq_batch(s, f,
+				       box.exists > s->batch ?
+					       box.exists - s->batch + 1 : 1,
+				       box.exists, &got);
+		if (rc)
+			f->uidnext = 0;
+		return rc;
+	}
+
+	if (!box.uidnext || box.uidnext > f->uidnext) {
+		rc = fetch_new(s, f, box.uidnext, j);
+		if (rc)
+			return rc;
+	}
+	if (stop_now(s, j))
+		return -ECANCELED;
+
+	modseq_moved = box.highestmodseq != f->highestmodseq;
+	if ((s->conn->caps & CAP_CONDSTORE) && f->highestmodseq &&
+	    box.highestmodseq) {
+		if (modseq_moved)
+			rc = flags_changed_since(s, f, j);
+		if (!rc)
+			rc = store_folder_count(s->st, f->id, &known);
+		/* without VANISHED, a count that disagrees (or a change
+		 * of MODSEQ, which an expunge makes) means a search */
+		if (!rc && ((f->low_uid == 1 && known != box.exists) ||
+			    (!s->conn->qresync && modseq_moved)))
+			rc = gone_by_search(s, f, j);
+	} else {
+		rc = flags_by_chunks(s, f, j);
+	}
+	if (rc)
+		return rc;
+	f->highestmodseq = box.highestmodseq;
+	return save_bookmark(s, f);
+}
