@@ -79,6 +79,17 @@ static int count_below(struct sync *s, struct store_folder *f, uint32_t *below)
 
 int grow_folder(struct sync *s, struct store_folder *f, struct job *j)
 {
+	struct imap_box box;
+	int g;
+
+	if (f->low_uid == 1 || !f->uidnext)
+		return 0;
+	/* other folders were looked at since this one's refresh */
+	g = imap_examine(s->conn, f->name, &box);
+	if (g)
+		return grade_rc(g);
+	if (box.uidvalidity != f->uidvalidity)
+		return -EAGAIN; /* the next refresh learns it again */
 	while (f->low_uid != 1) {
 		uint32_t below = 0, got = 0, first;
 		int rc;
