@@ -313,10 +313,18 @@ int thread_backlog(struct store *st, size_t max, size_t *done)
 		if (rc || !n)
 			break;
 		for (i = 0; i < n; i++) {
-			if (!rc)
-				rc = thread_message(st, &v[i]);
-			if (!rc)
+			int r = rc ? rc : thread_message(st, &v[i]);
+
+			/* one message that cannot be threaded is left for
+			 * later (its rows stay consistent); the database
+			 * failing as a whole stops the backlog */
+			if (!r)
 				++*done;
+			else if (!rc && (r == -ENOSPC || r == -EBUSY))
+				rc = r;
+			else if (!rc)
+				log_warn("message %lld left unthreaded: %s",
+					 (long long)v[i].umid, strerror(-r));
 			after = v[i].umid;
 			store_msg_release(&v[i]);
 		}

@@ -11,6 +11,9 @@ fresh_dovecot  function: one empty server of the test's own.
 mount          function: factory that runs `convoyfs -f` and unmounts at teardown.
 shared_mount   one mount of `dovecot` (made once per session) for tests that
                only read.
+live_server    function, parametrized over servers.KINDS: an empty, started
+               server of each kind ("dovecot", "dovecot-reduced", "cyrus",
+               "imap4d"; servers.py), with a `kind`, stopped by pid at teardown.
 
 Every mount's stderr is scanned for sanitizer reports at teardown, and a
 normal unmount must end the daemon with exit status 0.
@@ -23,6 +26,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+import servers  # noqa: E402
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -203,3 +207,24 @@ def shared_mount(_shared_mount):
     m.arm(300)
     yield m
     m.disarm()
+
+
+@pytest.fixture(params=servers.KINDS)
+def live_server(request):
+    """An empty server of each kind, started, with the second-client helpers
+    of servers.SecondClient; stopped by its pid at teardown. Skips only when
+    the server's programs are absent (tools/install-deps installs them)."""
+    kind = request.param
+    why = servers.missing(kind)
+    if why:
+        pytest.skip("%s: %s" % (kind, why))
+    s = servers.make(kind)
+    try:
+        s.start()
+        yield s
+    finally:
+        if os.environ.get("CONVOYFS_KEEP"):
+            s.stop()
+            print("kept %s" % s.dir)
+        else:
+            s.cleanup()
