@@ -43,8 +43,11 @@ void batch_release(struct batch *b)
 	clear(b);
 	free(b->v);
 	free(b->gone);
+	free(b->seen);
 	b->v = NULL;
 	b->gone = NULL;
+	b->seen = NULL;
+	b->nseen = b->capseen = 0;
 	b->cap = 0;
 }
 
@@ -75,6 +78,17 @@ int batch_take(const struct imap_msg *m, void *ctx)
 	if (m->uid > b->max_uid)
 		b->max_uid = m->uid;
 	atomic_fetch_add(&b->s->headers_fetched, b->mode == BATCH_NEW);
+	if (b->nseen == b->capseen) {
+		b->capseen = b->capseen ? 2 * b->capseen : 256;
+		b->seen = xrealloc(b->seen, b->capseen * sizeof(*b->seen));
+	}
+	b->seen[b->nseen++] = m->uid;
+	/* a long reply (CHANGEDSINCE over a big folder, or everything
+	 * above a UIDNEXT the server did not give) is written as it comes,
+	 * each part in a short transaction of its own: the writes are the
+	 * same whenever they happen, and the bookmark waits for the end */
+	if (batch_full(b))
+		return batch_write(b, false);
 	return 0;
 }
 

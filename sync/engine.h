@@ -180,6 +180,10 @@ struct batch {
 	uint32_t skipped_uid; /* lowest UID that came without size or date */
 	uint32_t *gone; /* UIDs to orphan (vanished) */
 	size_t ngone;
+	/* every UID the reply carried, written or not yet (4 bytes each:
+	 * a chunk's worth), for telling what is gone */
+	uint32_t *seen;
+	size_t nseen, capseen;
 	int rc; /* first store error */
 };
 

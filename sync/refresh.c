@@ -48,6 +48,9 @@ static int fetch_into(struct sync *s, struct batch *b, struct imap_fetch *f)
 	g = imap_fetch(s->conn, f);
 	if (g == IMAP_CONN_BAD)
 		sync_batch_failed(s);
+	/* a part written as the reply came in may have failed */
+	if (g == IMAP_OK && f->cb_rc)
+		return f->cb_rc;
 	return job_rc(s, g);
 }
 
@@ -216,14 +219,11 @@ static int flags_by_chunks(struct sync *s, struct store_folder *f,
 		batch_init(&b, s, f, BATCH_FLAGS);
 		rc = fetch_into(s, &b, &q);
 		if (!rc) {
-			got = xmalloc((b.n + 1) * sizeof(*got));
-			for (size_t i = 0; i < b.n; i++)
-				got[i] = b.v[i].uid;
-			qsort(got, b.n, sizeof(*got), cmp_u32);
+			got = b.seen;
+			qsort(got, b.nseen, sizeof(*got), cmp_u32);
 			for (size_t i = 0; i < n; i++)
-				if (!in_sorted(got, b.n, known[i]))
+				if (!in_sorted(got, b.nseen, known[i]))
 					batch_gone(&b, known[i]);
-			free(got);
 			rc = batch_write(&b, false);
 		}
 		batch_release(&b);
