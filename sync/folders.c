@@ -109,14 +109,24 @@ int sync_folders(struct sync *s)
 		    !conn_name_ok(mbs[k].name))
 			continue;
 		g = imap_status(s->conn, mbs[k].name, &box);
+		if (g == IMAP_OK)
+			g = imap_mailboxid(s->conn, mbs[k].name, &box.mailboxid);
 		if (g == IMAP_CONN_BAD) {
 			imap_box_release(&box);
 			rc = -ENOTCONN;
 			goto out;
 		}
 		for (size_t i = 0; g == IMAP_OK && i < nold; i++) {
-			if (!gone[i] || !old[i].uidvalidity ||
-			    old[i].uidvalidity != box.uidvalidity)
+			/* MAILBOXID is the server's word where both have
+			 * one; else an unchanged UIDVALIDITY */
+			bool same = old[i].mailboxid && box.mailboxid ?
+					    !strcmp(old[i].mailboxid,
+						    box.mailboxid) :
+					    old[i].uidvalidity &&
+						    old[i].uidvalidity ==
+							    box.uidvalidity;
+
+			if (!gone[i] || !same)
 				continue;
 			log_info("folder %s was renamed to %s", old[i].name,
 				 mbs[k].name);

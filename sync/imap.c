@@ -637,6 +637,84 @@ int imap_uid_search(struct conn *c, uint32_t lo, uint32_t hi, uint32_t **uids,
 	return IMAP_OK;
 }
 
+/* ---- commands libetpan has no builder for (LIBETPAN.md §13.1) ---- */
+
+/* exported by libetpan.so, declared in headers it does not install */
+int mailimap_token_send(mailstream *fd, const char *token);
+int mailimap_space_send(mailstream *fd);
+int mailimap_crlf_send(mailstream *fd);
+int mailimap_mailbox_send(mailstream *fd, const char *mb);
+
+/*
+ * raw - send "<tag> @verb @mailbox @rest" (the mailbox quoted as
+ * libetpan quotes, after our CR/LF check) and read the reply as a
+ * built-in command would, untagged data into imap_response_info. Only
+ * for commands whose every reply line libetpan (with our parsers) can
+ * read. Returns a libetpan code: 0, or MAILIMAP_ERROR_EXTENSION for NO.
+ */
+static int raw(struct conn *c, const char *verb, const char *mailbox,
+	       const char *rest)
+{
+	mailstream *st = c->imap->imap_stream;
+	struct mailimap_response *rsp;
+	int r, state;
+
+	if ((r = mailimap_send_current_tag(c->imap)) ||
+	    (r = mailimap_token_send(st, verb)) ||
+	    (mailbox && ((r = mailimap_space_send(st)) ||
+			 (r = mailimap_mailbox_send(st, mailbox)))) ||
+	    (rest && ((r = mailimap_space_send(st)) ||
+		      (r = mailimap_token_send(st, rest)))) ||
+	    (r = mailimap_crlf_send(st)))
+		return r;
+	if (mailstream_flush(st) == -1 || !mailimap_read_line(c->imap))
+		return MAILIMAP_ERROR_STREAM;
+	r = mailimap_parse_response(c->imap, &rsp);
+	if (r)
+		return r;
+	state = rsp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state
+			->rsp_type;
+	mailimap_response_free(rsp);
+	return state == MAILIMAP_RESP_COND_STATE_OK ? MAILIMAP_NO_ERROR
+						   : MAILIMAP_ERROR_EXTENSION;
+}
+
+int imap_mailboxid(struct conn *c, const char *name, char **id)
+{
+	struct mailimap_response_info *ri;
+	char *what;
+	int rc;
+
+	*id = NULL;
+	if (!(c->caps & CAP_OBJECTID))
+		return IMAP_OK;
+	if (!conn_name_ok(name))
+		return IMAP_FOLDER_BAD;
+	rc = raw(c, "STATUS", name, "(MAILBOXID)");
+	if (rc) {
+		what = xasprintf("get the MAILBOXID of folder %s", name);
+		rc = grade(c, rc, what);
+		free(what);
+		return rc;
+	}
+	ri = c->imap->imap_response_info;
+	if (!ri || !ri->rsp_status)
+		return IMAP_OK;
+	for (clistiter *it = clist_begin(ri->rsp_status->st_info_list); it;
+	     it = clist_next(it)) {
+		struct mailimap_status_info *si = clist_content(it);
+		struct mailimap_extension_data *ext = si->st_ext_data;
+
+		if (si->st_att == MAILIMAP_STATUS_ATT_EXTENSION && ext &&
+		    ext->ext_extension == &objectid_api &&
+		    ext->ext_type == OBJ_MAILBOXID && ext->ext_data) {
+			*id = xstrdup(ext->ext_data);
+			break;
+		}
+	}
+	return IMAP_OK;
+}
+
 /* ---- keeping a connection honest ---- */
 
 int imap_noop(struct conn *c)

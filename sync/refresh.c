@@ -370,6 +370,16 @@ int refresh_folder(struct sync *s, struct store_folder *f, struct job *j)
 	bool modseq_moved;
 	int rc;
 
+	/* before the EXAMINE: a STATUS of the selected folder is frowned on */
+	if (!f->mailboxid && (s->conn->caps & CAP_OBJECTID)) {
+		/* recorded once, to know the folder again after a rename */
+		rc = job_rc(s, imap_mailboxid(s->conn, f->name, &f->mailboxid));
+		if (!rc && f->mailboxid)
+			rc = store_folder_set_mailboxid(s->st, f->id,
+							f->mailboxid);
+		if (rc)
+			return rc;
+	}
 	rc = job_rc(s, imap_examine(s->conn, f->name, &box));
 	if (rc)
 		return rc;

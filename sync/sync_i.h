@@ -221,6 +221,12 @@ int imap_fetch_body(struct conn *c, uint32_t uid,
 		    int (*fn)(const char *bytes, size_t len, void *ctx),
 		    void *ctx, uint64_t *got, int *cb_rc);
 
+/*
+ * imap_mailboxid - RFC 8474 MAILBOXID of @name into *@id (malloc'ed),
+ * by STATUS @name (MAILBOXID); NULL where the server has no OBJECTID.
+ */
+int imap_mailboxid(struct conn *c, const char *name, char **id);
+
 /* imap_noop - NOOP: is the connection still there? */
 int imap_noop(struct conn *c);
 
