@@ -91,6 +91,15 @@ const struct tree_dir *tree_find(const struct tree *t, uint64_t ino);
 const struct tree_dir *tree_child(const struct tree *t,
 				  const struct tree_dir *dir,
 				  const char *name);
+/*
+ * tree_moved - call @fn(parent inode, name, @aux) for every directory
+ * entry of @old that @now no longer has: the same name under the same
+ * parent with the same inode. A folder deleted or renamed on the server
+ * leaves such an entry, which the kernel must forget.
+ */
+void tree_moved(const struct tree *old, const struct tree *now,
+		void (*fn)(uint64_t parent, const char *name, void *aux),
+		void *aux);
 
 /* ---- mount.c: the filesystem (private parts in fs_i.h) ---- */
 

@@ -13,24 +13,37 @@
 #include "common.h"
 #include "names.h"
 
-/* a name the kernel must forget: the message behind it is gone */
+/* a name the kernel must forget: the message behind it is gone; or,
+ * with @old_tree, the folder tree as it was before the folder list
+ * changed, whose vanished directories the kernel must forget */
 struct note {
 	fuse_ino_t parent;
 	char name[NAMES_MAX + 1];
+	struct tree *old_tree;
 	struct note *next;
 };
 
-static void queue_note(struct fs *fs, fuse_ino_t parent, const char *name)
+static void queue_note(struct fs *fs, fuse_ino_t parent, const char *name,
+		       struct tree *old_tree)
 {
 	struct note *n = xcalloc(1, sizeof(*n));
 
 	n->parent = parent;
+	n->old_tree = old_tree;
 	snprintf(n->name, sizeof(n->name), "%s", name);
 	pthread_mutex_lock(&fs->note_lock);
 	n->next = fs->notes;
 	fs->notes = n;
 	pthread_cond_signal(&fs->note_wake);
 	pthread_mutex_unlock(&fs->note_lock);
+}
+
+static void forget_entry(uint64_t parent, const char *name, void *aux)
+{
+	struct fs *fs = aux;
+
+	/* -ENOENT when the kernel had no such entry: fine */
+	fuse_lowlevel_notify_inval_entry(fs->se, parent, name, strlen(name));
 }
 
 void *notifier_main(void *arg)
@@ -48,9 +61,16 @@ void *notifier_main(void *arg)
 		n = fs->notes;
 		fs->notes = n->next;
 		pthread_mutex_unlock(&fs->note_lock);
-		/* -ENOENT when the kernel had no such entry: fine */
-		fuse_lowlevel_notify_inval_entry(fs->se, n->parent, n->name,
-						 strlen(n->name));
+		if (n->old_tree) {
+			struct tree *now = tree_get(fs);
+
+			/* forgetting a directory forgets what is under it */
+			tree_moved(n->old_tree, now, forget_entry, fs);
+			tree_put(now);
+			tree_put(n->old_tree);
+		} else {
+			forget_entry(n->parent, n->name, fs);
+		}
 		free(n);
 		pthread_mutex_lock(&fs->note_lock);
 	}
@@ -58,6 +78,7 @@ void *notifier_main(void *arg)
 		struct note *n = fs->notes;
 
 		fs->notes = n->next;
+		tree_put(n->old_tree);
 		free(n);
 	}
 	pthread_mutex_unlock(&fs->note_lock);
@@ -71,11 +92,23 @@ void on_change(const struct sync_change *c, void *aux)
 	const struct store_msg *m = c->msg;
 
 	if (c->kind == SYNC_FOLDERS) {
+		struct tree *old;
+
+		/* the tree as it is now, before anyone rebuilds it */
+		pthread_mutex_lock(&fs->lock);
+		old = fs->tree;
+		if (old)
+			atomic_fetch_add(&old->refs, 1);
 		atomic_store(&fs->folders_dirty, true);
+		pthread_mutex_unlock(&fs->lock);
+		if (old)
+			queue_note(fs, 0, "", old);
 	} else if (c->kind == SYNC_MESSAGE_GONE && m) {
 		names_message(name, m->date, m->zone, m->subject, m->umid);
-		queue_note(fs, INO_FOLDER_BASE + (uint64_t)m->folder, name);
+		queue_note(fs, INO_FOLDER_BASE + (uint64_t)m->folder, name,
+			   NULL);
 		if (m->conv)
-			queue_note(fs, INO_CONV_BASE + (uint64_t)m->conv, name);
+			queue_note(fs, INO_CONV_BASE + (uint64_t)m->conv, name,
+				   NULL);
 	}
 }

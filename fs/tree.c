@@ -181,6 +181,22 @@ const struct tree_dir *tree_find(const struct tree *t, uint64_t ino)
 	return NULL;
 }
 
+void tree_moved(const struct tree *old, const struct tree *now,
+		void (*fn)(uint64_t parent, const char *name, void *aux),
+		void *aux)
+{
+	for (size_t i = 1; i < old->n; i++) {
+		const struct tree_dir *d = &old->dirs[i];
+		const struct tree_dir *p = &old->dirs[d->parent];
+		const struct tree_dir *np = tree_find(now, p->ino);
+		const struct tree_dir *nd = np ? tree_child(now, np, d->name)
+					       : NULL;
+
+		if (!nd || nd->ino != d->ino)
+			fn(p->ino, d->name, aux);
+	}
+}
+
 const struct tree_dir *tree_child(const struct tree *t,
 				  const struct tree_dir *dir, const char *name)
 {
