@@ -11,6 +11,8 @@ import re
 import signal
 import time
 
+import pytest
+
 import harness
 from tlsproxy import LineProxy
 
@@ -339,3 +341,30 @@ def test_unparsable_replies_back_off(fresh_dovecot, mount):
         assert 1 <= logins <= 8, "%d logins in 20 s" % logins
         assert re.search(r"(?m)^state: (syncing|failing)$", m.status())
         m.stop()
+
+
+def test_move_keeps_inode_on_every_server(live_server, mount):
+    """A message moved by another client keeps its inode and name on every
+    server: by EMAILID on Cyrus (RFC 8474 OBJECTID), by Message-ID,
+    INTERNALDATE and size on Dovecot; without MOVE the second client moves
+    with COPY, STORE \\Deleted and EXPUNGE."""
+    s = live_server
+    if s.kind == "imap4d":
+        pytest.skip("imap4d is asked for the folder list, reading and new mail only")
+    items = list(harness.genmail.gen_messages(8, 616))
+    s.append_many("INBOX", [(msg, w, ()) for msg, w in items[:6]])
+    s.append_many("Archive", [(msg, w, ()) for msg, w in items[6:]])
+    m = mount(s, debug="imap+sync")
+    inbox = tree(m, "INBOX")
+    moved = sorted(inbox.values(), key=lambda v: v[2])[1:3]
+    with s.session() as c:
+        caps = c.capabilities
+    move(s, "INBOX", "Archive", [v[2] for v in moved], with_move="MOVE" in caps)
+    sync_now(m)
+    check_moved(m, inbox, [k for k, v in inbox.items() if v in moved], "INBOX", "Archive")
+    assert_matches_server(m, s, "INBOX")
+    assert_matches_server(m, s, "Archive")
+    log = m.stderr()
+    assert len(re.findall(r"UID \d+ is message \d+ found again", log)) == 2, log[-3000:]
+    if s.kind == "cyrus":
+        assert re.search(r"C: \d+ UID FETCH .*\bEMAILID\b", log), "EMAILID was not asked for"
