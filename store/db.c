@@ -203,10 +203,10 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 	[ST_ORPHAN_MATCH] = { "orphan_match",
 		"SELECT umid, emailid, message_id FROM messages "
 		"WHERE uid < 0 AND date = ?1 AND size = ?2 ORDER BY umid" },
-	/* rows stored since ?1 (a range of the primary key) */
+	/* rows stored since ?1 (a range of the primary key), ?4 aside */
 	[ST_TWIN_MATCH] = { "twin_match",
 		"SELECT umid, emailid, message_id FROM messages "
-		"WHERE umid > ?1 AND uid > 0 AND folder != ?4 "
+		"WHERE umid > ?1 AND umid != ?4 AND uid > 0 "
 		"AND date = ?2 AND size = ?3 ORDER BY umid" },
 	[ST_MSG_REHOME] = { "msg_rehome",
 		"UPDATE messages SET folder = ?2, uid = ?3, flagset = ?4, "

@@ -129,7 +129,7 @@ int store_msg_find_twin(struct store *s, int64_t since,
 	sqlite3_bind_int64(st, 1, since);
 	sqlite3_bind_int64(st, 2, gone->date);
 	sqlite3_bind_int64(st, 3, (int64_t)gone->size);
-	sqlite3_bind_int64(st, 4, gone->folder);
+	sqlite3_bind_int64(st, 4, gone->umid);
 	return pick(s, ST_TWIN_MATCH, st, gone, umid);
 }
 

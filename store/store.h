@@ -209,9 +209,12 @@ int store_msg_adopt(struct store *s, struct store_msg *m);
 
 /*
  * store_msg_find_twin - for message @gone, which just vanished from its
- * folder: a message stored after umid @since in another folder that
- * matches it as store_msg_adopt matches (the same message, moved by
- * another client, found in its new folder first). *@umid is 0 if none.
+ * folder: another message stored after umid @since that matches it as
+ * store_msg_adopt matches: the same message, moved by another client
+ * and found in its new folder first, or given a new UID in the same
+ * folder (a server that renumbers without changing UIDVALIDITY, as
+ * imap4d does while mail waits in a maildir's new/). *@umid is 0 if
+ * none.
  */
 int store_msg_find_twin(struct store *s, int64_t since,
 			const struct store_msg *gone, int64_t *umid);

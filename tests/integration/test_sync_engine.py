@@ -368,3 +368,39 @@ def test_move_keeps_inode_on_every_server(live_server, mount):
     assert len(re.findall(r"UID \d+ is message \d+ found again", log)) == 2, log[-3000:]
     if s.kind == "cyrus":
         assert re.search(r"C: \d+ UID FETCH .*\bEMAILID\b", log), "EMAILID was not asked for"
+
+
+def test_imap4d_renumbering_keeps_inodes(mount):
+    """imap4d gives every message of a folder new UIDs in each read-only
+    session while a delivered message waits in the maildir's new/ (and
+    may change UIDVALIDITY too): the files keep their inodes and names."""
+    import servers
+    why = servers.Imap4d.missing()
+    if why:
+        pytest.skip(why)
+    s = servers.Imap4d()
+    s.start()
+    try:
+        items = list(harness.genmail.gen_messages(3, 617))
+        s.append_many("INBOX", [(msg, w, ()) for msg, w in items[:2]])
+        m = mount(s, options={"poll_interval": "2"})
+        # an APPEND in a session that never selects the folder: the
+        # message stays in the maildir's new/, as a delivered one does
+        c = s.imap()
+        try:
+            typ, data = c.append("INBOX", None, None, items[2][0])
+            assert typ == "OK", data
+        finally:
+            c.logout()
+        sync_now(m)
+        first = tree(m, "INBOX")
+        assert len(first) == 3
+        uids = {mid: v[2] for mid, v in first.items()}
+        for _ in range(2):
+            sync_now(m)
+            again = tree(m, "INBOX")
+            assert {k: v[:2] for k, v in again.items()} == {k: v[:2] for k, v in first.items()}
+        # the proof that the server did renumber
+        assert {mid: v[2] for mid, v in again.items()} != uids
+    finally:
+        s.cleanup()
