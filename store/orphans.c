@@ -163,7 +163,10 @@ out:
 	return store_tx_end(s, own, rc);
 }
 
-int store_folder_purge_orphans(struct store *s, int64_t folder, size_t *n)
+int store_folder_purge_orphans(struct store *s, int64_t folder,
+			       void (*gone)(const struct store_msg *m,
+					    void *aux),
+			       void *aux, size_t *n)
 {
 	int64_t batch[1000];
 	size_t got, total = 0;
@@ -186,8 +189,17 @@ int store_folder_purge_orphans(struct store *s, int64_t folder, size_t *n)
 			     0 :
 			     store_fail(s, ST_FOLDER_ORPHANS, rc);
 		store_done(st);
-		for (size_t i = 0; !rc && i < got; i++)
+		for (size_t i = 0; !rc && i < got; i++) {
+			struct store_msg m;
+
+			/* hidden already, so telling before the commit is
+			 * no race: a look-up finds nothing either way */
+			if (gone && !store_msg_get(s, batch[i], &m)) {
+				gone(&m, aux);
+				store_msg_release(&m);
+			}
 			rc = store_msg_delete(s, batch[i]);
+		}
 		total += got;
 	} while (!rc && got == 1000);
 	if (n)

@@ -227,8 +227,12 @@ int store_msg_find_twin(struct store *s, int64_t since,
 int store_msg_take_place(struct store *s, int64_t old, int64_t twin);
 
 /* store_folder_purge_orphans - forget the orphans of @folder (with
- * their bodies); *@n (may be NULL) is how many went. */
-int store_folder_purge_orphans(struct store *s, int64_t folder, size_t *n);
+ * their bodies), each shown to @gone (may be NULL) as it was just
+ * before; *@n (may be NULL) is how many went. */
+int store_folder_purge_orphans(struct store *s, int64_t folder,
+			       void (*gone)(const struct store_msg *m,
+					    void *aux),
+			       void *aux, size_t *n);
 
 /* store_msg_max_umid - the highest umid handed out so far (0: none),
  * marking where a refresh pass begins. */

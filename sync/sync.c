@@ -386,6 +386,11 @@ static void start_round(struct sync *s)
 		s->round = NULL;
 }
 
+static void purged(const struct store_msg *m, void *aux)
+{
+	sync_notify_gone(aux, m);
+}
+
 /* orphans nobody adopted in this pass: gone for good */
 static void purge_orphans(struct sync *s)
 {
@@ -395,15 +400,16 @@ static void purge_orphans(struct sync *s)
 	if (store_folder_list(s->st, &f, &n))
 		return;
 	for (size_t i = 0; i < n; i++) {
-		size_t purged = 0;
+		size_t purged_n = 0;
 
 		/* a folder still being learned may yet find its own */
 		if (f[i].low_uid != 1)
 			continue;
-		if (!store_folder_purge_orphans(s->st, f[i].id, &purged) &&
-		    purged)
+		if (!store_folder_purge_orphans(s->st, f[i].id, purged, s,
+						&purged_n) &&
+		    purged_n)
 			log_debug("folder %s: %zu messages gone for good",
-				  f[i].name, purged);
+				  f[i].name, purged_n);
 	}
 	store_folder_list_free(f, n);
 }
