@@ -73,6 +73,11 @@ int batch_take(const struct imap_msg *m, void *ctx)
 	if (m->header)
 		mime_parse_fields(m->header, m->header_len, &bm->mf);
 	b->bytes += sizeof(*bm) + strlen(bm->flags) + m->header_len;
+	/* stored without them it would have no date or size: asked for
+	 * again (the bookmark stays below it) */
+	if (b->mode == BATCH_NEW && (!m->has_size || !m->has_date) &&
+	    (!b->skipped_uid || m->uid < b->skipped_uid))
+		b->skipped_uid = m->uid;
 	if (!b->min_uid || m->uid < b->min_uid)
 		b->min_uid = m->uid;
 	if (m->uid > b->max_uid)
@@ -150,8 +155,6 @@ static int put_new(struct batch *b, struct batch_msg *bm, struct told *t)
 		log_warn("folder %s: UID %u came without size or date; "
 			 "asked again at the next refresh",
 			 b->f->name, bm->uid);
-		if (!b->skipped_uid || bm->uid < b->skipped_uid)
-			b->skipped_uid = bm->uid;
 		return 0;
 	}
 	m.folder = b->f->id;

@@ -91,7 +91,7 @@ int grow_folder(struct sync *s, struct store_folder *f, struct job *j)
 	if (box.uidvalidity != f->uidvalidity)
 		return -EAGAIN; /* the next refresh learns it again */
 	while (f->low_uid != 1) {
-		uint32_t below = 0, got = 0, first;
+		uint32_t below = 0, got = 0, first, low;
 		int rc;
 
 		if (job_is_cancelled(j) || sync_is_stopping(s))
@@ -111,13 +111,15 @@ int grow_folder(struct sync *s, struct store_folder *f, struct job *j)
 			return rc;
 		}
 		first = below > s->batch ? below - s->batch + 1 : 1;
+		low = f->low_uid;
 		rc = refresh_seq_batch(s, f, first, below, &got);
 		if (rc)
 			return rc;
-		if (!got) {
-			log_warn("folder %s: no messages at %u:%u; will try "
-				 "again at the next refresh",
-				 f->name, first, below);
+		if (!got || f->low_uid == low) {
+			log_warn("folder %s: no progress below UID %u "
+				 "(sequence %u:%u); will try again at the "
+				 "next refresh",
+				 f->name, low, first, below);
 			return -EAGAIN;
 		}
 	}

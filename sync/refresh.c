@@ -85,6 +85,10 @@ int refresh_seq_batch(struct sync *s, struct store_folder *f, uint32_t first,
 			f->low_uid = 1;
 		else if (b.min_uid && (!low || b.min_uid < low))
 			f->low_uid = b.min_uid;
+		/* a message that came without size or date is below what
+		 * the bookmark claims, so the next growth asks for it */
+		if (b.skipped_uid && f->low_uid <= b.skipped_uid)
+			f->low_uid = b.skipped_uid + 1;
 		if (!f->uidnext && b.max_uid)
 			f->uidnext = b.max_uid + 1;
 		rc = batch_write(&b, true);

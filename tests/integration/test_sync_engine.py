@@ -404,3 +404,39 @@ def test_imap4d_renumbering_keeps_inodes(mount):
         assert {mid: v[2] for mid, v in again.items()} != uids
     finally:
         s.cleanup()
+
+
+def test_message_without_size_is_asked_again(fresh_dovecot, mount):
+    """A FETCH reply that leaves RFC822.SIZE out for one message (once):
+    the message is not stored without it, the bookmark stays below it,
+    and it is asked for again, in the first sync and in new mail."""
+    d = fresh_dovecot
+    uids = fill(d, "INBOX", 12, 618)
+    later = list(harness.genmail.gen_messages(3, 619))
+    stripped = []
+
+    def strip_size(line):
+        mm = re.match(rb"(\* \d+ FETCH \(.*?UID (\d+) .*?)RFC822\.SIZE \d+ (.*)$", line)
+        if mm and int(mm.group(2)) in (uids[4], uids[-1] + 2) and \
+                int(mm.group(2)) not in stripped:
+            stripped.append(int(mm.group(2)))
+            # group 3 keeps the CR; "$" stops before the LF
+            return mm.group(1) + mm.group(3) + b"\n"
+        return line
+
+    with LineProxy(d, strip_size) as proxy:
+        m = mount(d, url=proxy.url(), options={"poll_interval": "2"})
+        assert stripped == [uids[4]], stripped
+        assert_matches_server(m, d, "INBOX")
+        d.append_many("INBOX", [(msg, w, ()) for msg, w in later])
+        sync_now(m)
+        assert uids[-1] + 2 in stripped, stripped
+        # the next refresh asks for it again
+        sync_now(m)
+        assert_matches_server(m, d, "INBOX")
+        server = d.fetch_folder("INBOX", body=False)
+        for _mid, (name, _ino, uid, _flags) in tree(m, "INBOX").items():
+            st = os.stat(os.path.join(m.path, "INBOX", name))
+            assert st.st_size == server[uid]["size"], name
+        assert "came without size or date" in m.stderr()
+        m.stop()
