@@ -70,6 +70,8 @@ struct sync {
 	bool progress; /* this connection committed something */
 	long long retry_at_ms; /* no new connection before */
 	long long next_round_ms;
+	bool round_full; /* the round running refreshes every folder */
+	bool full_done; /* a full round completed on this connection */
 
 	pthread_mutex_t lock; /* guards everything below */
 	pthread_cond_t fetch_wake; /* fetchers: a request or stop */

@@ -332,12 +332,52 @@ out:
 	return rc;
 }
 
-/* the folder list, then a refresh of every folder, INBOX first: the
- * newest mail of the inbox is what people look for */
+/*
+ * Whether folder @f changed on the server since its last refresh, by
+ * one STATUS: UIDVALIDITY, UIDNEXT, MESSAGES or (with CONDSTORE)
+ * HIGHESTMODSEQ moved. A folder still being learned, or whose last
+ * refresh failed, is refreshed anyway. *@rc is -ENOTCONN when the
+ * connection broke.
+ */
+static bool folder_moved(struct sync *s, const struct store_folder *f,
+			 int *rc)
+{
+	struct sync_folder_status fst;
+	struct imap_box box;
+	bool moved;
+	int g;
+
+	*rc = 0;
+	if (f->low_uid != 1 || !f->uidnext || !f->uidvalidity ||
+	    sync_folder_status(s, f->id, &fst) || fst.failed || !fst.has_total)
+		return true;
+	g = imap_status(s->conn, f->name, &box);
+	if (g == IMAP_CONN_BAD) {
+		*rc = -ENOTCONN;
+		return false;
+	}
+	if (g)
+		return true; /* the refresh will say what is wrong */
+	moved = box.uidvalidity != f->uidvalidity ||
+		(box.uidnext && box.uidnext != f->uidnext) ||
+		box.exists != fst.total ||
+		((s->conn->caps & CAP_CONDSTORE) &&
+		 box.highestmodseq != f->highestmodseq);
+	imap_box_release(&box);
+	return moved;
+}
+
+/*
+ * The folder list, then a refresh of every folder, INBOX first: the
+ * newest mail of the inbox is what people look for. A poll (a round
+ * the timer started, with a full round done on this connection) asks
+ * STATUS first and refreshes only the folders that moved.
+ */
 static int run_list(struct job *j, void *arg)
 {
 	struct sync *s = arg;
 	struct store_folder *f = NULL;
+	bool poll = !s->round_full;
 	size_t n = 0;
 	int rc;
 
@@ -355,8 +395,13 @@ static int run_list(struct job *j, void *arg)
 
 			bool inbox = !strcasecmp(f[i].name, "INBOX");
 
-			if (f[i].noselect || inbox != (pass == 0))
+			if (f[i].noselect || inbox != (pass == 0) ||
+			    !conn_name_ok(f[i].name))
 				continue;
+			if (poll && !folder_moved(s, &f[i], &rc))
+				continue;
+			if (rc)
+				break;
 			fj = xcalloc(1, sizeof(*fj));
 			fj->s = s;
 			fj->folder = f[i].id;
@@ -368,12 +413,13 @@ static int run_list(struct job *j, void *arg)
 	return rc;
 }
 
-static void start_round(struct sync *s)
+static void start_round(struct sync *s, bool full)
 {
 	int rc;
 
 	if (s->round)
 		return;
+	s->round_full = full;
 	rc = store_msg_max_umid(s->st, &s->pass_start);
 	if (rc)
 		s->pass_start = INT64_MAX; /* no twin matching this pass */
@@ -423,6 +469,8 @@ static void finish_round(struct sync *s)
 	/* an orphan a failed folder may yet adopt stays */
 	if (!rc)
 		purge_orphans(s);
+	if (!rc && s->round_full)
+		s->full_done = true;
 	s->next_round_ms = now_ms() + (long long)s->cfg.poll_interval * 1000;
 	pthread_mutex_lock(&s->lock);
 	/* a folder that failed says so in its own line */
@@ -450,6 +498,7 @@ static void lost(struct sync *s, const char *why)
 	s->progress = false;
 	s->retry_at_ms = now_ms() + sync_backoff_ms(s->fails);
 	s->next_round_ms = 0; /* catch up as soon as connected again */
+	s->full_done = false; /* with a full round: pushes were missed */
 	set_conn_state(s, CONN_OFFLINE);
 	sync_set_error(s, why);
 	log_warn("%s; connecting again in %lld ms", why,
@@ -533,7 +582,7 @@ static void *sync_main(void *arg)
 		asked = s->refresh_asked;
 		pthread_mutex_unlock(&s->lock);
 		if (!s->round && (asked || now_ms() >= s->next_round_ms))
-			start_round(s);
+			start_round(s, asked || !s->full_done);
 		r = jobq_run_next(s->jobs, s->round ? 0 : 1000);
 		if (r == -ESHUTDOWN)
 			break;
@@ -673,6 +722,7 @@ void sync_status(struct sync *s, char **text)
 			  "fetcher 1: %s\n"
 			  "fetcher 2: %s\n"
 			  "state: %s\n"
+			  "push: polling every %u s\n"
 			  "jobs pending: %zu\n"
 			  "logins: %llu\n"
 			  "headers fetched: %llu\n"
@@ -683,7 +733,7 @@ void sync_status(struct sync *s, char **text)
 			  syncing || !done	     ? "syncing"
 			  : failing || cs != CONN_ONLINE ? "failing"
 							 : "idle",
-			  jobq_pending(s->jobs),
+			  s->cfg.poll_interval, jobq_pending(s->jobs),
 			  (unsigned long long)atomic_load(&s->logins),
 			  (unsigned long long)atomic_load(&s->headers_fetched),
 			  (unsigned long long)atomic_load(&s->bodies_fetched),
