@@ -71,6 +71,9 @@ struct sync {
 	long long retry_at_ms; /* no new connection before */
 	long long next_round_ms;
 	bool round_full; /* the round running refreshes every folder */
+	struct imap_mailbox *listed; /* the last LIST (with LIST-STATUS,
+					each folder's status) */
+	size_t nlisted;
 	bool full_done; /* a full round completed on this connection */
 
 	pthread_mutex_t lock; /* guards everything below */

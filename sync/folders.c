@@ -67,7 +67,9 @@ int sync_folders(struct sync *s)
 	bool any_gone = false;
 	int rc, g;
 
-	g = imap_list(s->conn, &mbs, &nmb);
+	g = s->conn->caps & CAP_LIST_STATUS ?
+		    imap_list_status(s->conn, &mbs, &nmb) :
+		    imap_list(s->conn, &mbs, &nmb);
 	if (g)
 		return g == IMAP_CONN_BAD ? -ENOTCONN : -EREMOTE;
 	rc = store_folder_list(s->st, &old, &nold);
@@ -166,6 +168,12 @@ int sync_folders(struct sync *s)
 		goto out;
 	}
 	sync_notify(s, SYNC_FOLDERS, 0);
+	/* kept for this round's polls (their STATUS, with LIST-STATUS) */
+	imap_mailboxes_free(s->listed, s->nlisted);
+	s->listed = mbs;
+	s->nlisted = nmb;
+	mbs = NULL;
+	nmb = 0;
 out:
 	free(gone);
 	free(renamed_to);

@@ -256,12 +256,16 @@ int imap_list(struct conn *c, struct imap_mailbox **out, size_t *n)
 
 void imap_mailboxes_free(struct imap_mailbox *v, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		free(v[i].name);
+		imap_box_release(&v[i].box);
+	}
 	free(v);
 }
 
 /* ---- STATUS ---- */
+
+static void read_status_info(clist *info, struct imap_box *out);
 
 int imap_status(struct conn *c, const char *name, struct imap_box *out)
 {
@@ -288,8 +292,15 @@ int imap_status(struct conn *c, const char *name, struct imap_box *out)
 		free(what);
 		return rc;
 	}
-	for (clistiter *it = clist_begin(st->st_info_list); it;
-	     it = clist_next(it)) {
+	read_status_info(st->st_info_list, out);
+	mailimap_mailbox_data_status_free(st);
+	return IMAP_OK;
+}
+
+/* what a STATUS reply says, into @out */
+static void read_status_info(clist *info, struct imap_box *out)
+{
+	for (clistiter *it = clist_begin(info); it; it = clist_next(it)) {
 		struct mailimap_status_info *si = clist_content(it);
 
 		switch (si->st_att) {
@@ -325,8 +336,6 @@ int imap_status(struct conn *c, const char *name, struct imap_box *out)
 			break;
 		}
 	}
-	mailimap_mailbox_data_status_free(st);
-	return IMAP_OK;
 }
 
 void imap_box_release(struct imap_box *b)
@@ -644,6 +653,10 @@ int mailimap_token_send(mailstream *fd, const char *token);
 int mailimap_space_send(mailstream *fd);
 int mailimap_crlf_send(mailstream *fd);
 int mailimap_mailbox_send(mailstream *fd, const char *mb);
+int mailimap_response_parse(mailstream *fd, MMAPString *buf,
+			    struct mailimap_parser_context *ctx, size_t *indx,
+			    struct mailimap_response **result,
+			    size_t progr_rate, progress_function *progr_fun);
 
 /*
  * raw - send "<tag> @verb @mailbox @rest" (the mailbox quoted as
@@ -652,12 +665,11 @@ int mailimap_mailbox_send(mailstream *fd, const char *mb);
  * for commands whose every reply line libetpan (with our parsers) can
  * read. Returns a libetpan code: 0, or MAILIMAP_ERROR_EXTENSION for NO.
  */
-static int raw(struct conn *c, const char *verb, const char *mailbox,
-	       const char *rest)
+static int raw_send(struct conn *c, const char *verb, const char *mailbox,
+		    const char *rest)
 {
 	mailstream *st = c->imap->imap_stream;
-	struct mailimap_response *rsp;
-	int r, state;
+	int r;
 
 	if ((r = mailimap_send_current_tag(c->imap)) ||
 	    (r = mailimap_token_send(st, verb)) ||
@@ -669,6 +681,18 @@ static int raw(struct conn *c, const char *verb, const char *mailbox,
 		return r;
 	if (mailstream_flush(st) == -1 || !mailimap_read_line(c->imap))
 		return MAILIMAP_ERROR_STREAM;
+	return MAILIMAP_NO_ERROR;
+}
+
+static int raw(struct conn *c, const char *verb, const char *mailbox,
+	       const char *rest)
+{
+	struct mailimap_response *rsp;
+	int r, state;
+
+	r = raw_send(c, verb, mailbox, rest);
+	if (r)
+		return r;
 	r = mailimap_parse_response(c->imap, &rsp);
 	if (r)
 		return r;
@@ -712,6 +736,119 @@ int imap_mailboxid(struct conn *c, const char *name, char **id)
 			break;
 		}
 	}
+	return IMAP_OK;
+}
+
+/*
+ * LIST-STATUS (RFC 5819): the folder list and every folder's STATUS in
+ * one round trip. libetpan's store step keeps only the last STATUS of
+ * a reply, so the reply is parsed with the lower-level parser and read
+ * from the tree it returns (LIBETPAN.md §13.1 "raw_keep"); the session's
+ * own state is not touched, which LIST and STATUS do not need.
+ */
+int imap_list_status(struct conn *c, struct imap_mailbox **out, size_t *n)
+{
+	struct mailimap_parser_context *pc;
+	struct mailimap_response *rsp = NULL;
+	struct mailimap_response_tagged *tagged;
+	struct imap_mailbox *v = NULL;
+	size_t k = 0, cap = 0, indx = 0;
+	char tag[16];
+	int r;
+
+	*out = NULL;
+	*n = 0;
+	r = raw_send(c,
+		     c->caps & CAP_CONDSTORE ?
+			     "LIST \"\" \"*\" RETURN (STATUS (MESSAGES UIDNEXT "
+			     "UIDVALIDITY HIGHESTMODSEQ))" :
+			     "LIST \"\" \"*\" RETURN (STATUS (MESSAGES UIDNEXT "
+			     "UIDVALIDITY))",
+		     NULL, NULL);
+	if (!r) {
+		pc = mailimap_parser_context_new(c->imap);
+		if (!pc)
+			return grade(c, MAILIMAP_ERROR_MEMORY, "list folders");
+		r = mailimap_response_parse(c->imap->imap_stream,
+					    c->imap->imap_stream_buffer, pc,
+					    &indx, &rsp, 0, NULL);
+		mailimap_parser_context_free(pc);
+	}
+	if (r)
+		return grade(c, r, "list folders with their status");
+	snprintf(tag, sizeof(tag), "%d", c->imap->imap_tag);
+	tagged = rsp->rsp_resp_done &&
+				 rsp->rsp_resp_done->rsp_type ==
+					 MAILIMAP_RESP_DONE_TYPE_TAGGED ?
+			 rsp->rsp_resp_done->rsp_data.rsp_tagged :
+			 NULL;
+	if (!tagged || strcmp(tagged->rsp_tag, tag)) {
+		mailimap_response_free(rsp);
+		/* the reply does not answer us: the session is lost */
+		return grade(c, MAILIMAP_ERROR_PARSE, "list folders");
+	}
+	if (tagged->rsp_cond_state->rsp_type != MAILIMAP_RESP_COND_STATE_OK) {
+		mailimap_response_free(rsp);
+		return grade(c, MAILIMAP_ERROR_LIST, "list folders");
+	}
+	/* the LIST lines first, then each STATUS to its folder */
+	for (int pass = 0; pass < 2; pass++) {
+		for (clistiter *it = clist_begin(rsp->rsp_cont_req_or_resp_data_list);
+		     it; it = clist_next(it)) {
+			struct mailimap_cont_req_or_resp_data *d =
+				clist_content(it);
+			struct mailimap_mailbox_data *mbd;
+
+			if (d->rsp_type != MAILIMAP_RESP_RESP_DATA ||
+			    !d->rsp_data.rsp_resp_data ||
+			    d->rsp_data.rsp_resp_data->rsp_type !=
+				    MAILIMAP_RESP_DATA_TYPE_MAILBOX_DATA)
+				continue;
+			mbd = d->rsp_data.rsp_resp_data->rsp_data
+				      .rsp_mailbox_data;
+			if (pass == 0 && mbd->mbd_type == MAILIMAP_MAILBOX_DATA_LIST &&
+			    mbd->mbd_data.mbd_list &&
+			    mbd->mbd_data.mbd_list->mb_name &&
+			    *mbd->mbd_data.mbd_list->mb_name) {
+				struct mailimap_mailbox_list *mb =
+					mbd->mbd_data.mbd_list;
+				bool dup = false;
+
+				for (size_t i = 0; i < k && !dup; i++)
+					dup = !strcmp(v[i].name, mb->mb_name);
+				if (dup)
+					continue;
+				if (k == cap) {
+					cap = cap ? 2 * cap : 32;
+					v = xrealloc(v, cap * sizeof(*v));
+				}
+				memset(&v[k], 0, sizeof(v[k]));
+				v[k].name = xstrdup(mb->mb_name);
+				v[k].delim = mb->mb_delimiter;
+				read_list_flags(mb->mb_flag, &v[k]);
+				k++;
+			} else if (pass == 1 &&
+				   mbd->mbd_type == MAILIMAP_MAILBOX_DATA_STATUS &&
+				   mbd->mbd_data.mbd_status &&
+				   mbd->mbd_data.mbd_status->st_mailbox) {
+				struct mailimap_mailbox_data_status *st =
+					mbd->mbd_data.mbd_status;
+
+				for (size_t i = 0; i < k; i++) {
+					if (strcmp(v[i].name, st->st_mailbox))
+						continue;
+					imap_box_release(&v[i].box);
+					read_status_info(st->st_info_list,
+							 &v[i].box);
+					v[i].has_status = true;
+					break;
+				}
+			}
+		}
+	}
+	mailimap_response_free(rsp);
+	*out = v ? v : xcalloc(1, sizeof(*v));
+	*n = k;
 	return IMAP_OK;
 }
 

@@ -351,7 +351,18 @@ static bool folder_moved(struct sync *s, const struct store_folder *f,
 	if (f->low_uid != 1 || !f->uidnext || !f->uidvalidity ||
 	    sync_folder_status(s, f->id, &fst) || fst.failed || !fst.has_total)
 		return true;
-	g = imap_status(s->conn, f->name, &box);
+	memset(&box, 0, sizeof(box));
+	g = IMAP_FOLDER_BAD;
+	/* LIST-STATUS told it already, in the list's one round trip */
+	for (size_t i = 0; i < s->nlisted; i++)
+		if (s->listed[i].has_status && !strcmp(s->listed[i].name, f->name)) {
+			box = s->listed[i].box;
+			box.mailboxid = NULL;
+			g = IMAP_OK;
+			break;
+		}
+	if (g != IMAP_OK)
+		g = imap_status(s->conn, f->name, &box);
 	if (g == IMAP_CONN_BAD) {
 		*rc = -ENOTCONN;
 		return false;
@@ -655,6 +666,7 @@ void sync_free(struct sync *s)
 	store_close(s->st);
 	sync_config_release(&s->cfg);
 	free(s->notes);
+	imap_mailboxes_free(s->listed, s->nlisted);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->fetch_wake);
 	pthread_cond_destroy(&s->fetch_done);

@@ -149,11 +149,17 @@ struct imap_mailbox {
 	char delim; /* 0 for NIL */
 	bool noselect; /* \Noselect or \NonExistent */
 	const char *role; /* static: SPECIAL-USE role without '\', or NULL */
+	bool has_status; /* LIST-STATUS gave @box */
+	struct imap_box box;
 };
 /* imap_list - LIST "" "*", duplicates dropped. Free with
  * imap_mailboxes_free. */
 int imap_list(struct conn *c, struct imap_mailbox **out, size_t *n);
 void imap_mailboxes_free(struct imap_mailbox *v, size_t n);
+/* imap_list_status - LIST "" "*" RETURN (STATUS (MESSAGES UIDNEXT
+ * UIDVALIDITY HIGHESTMODSEQ)), RFC 5819: the list and each selectable
+ * folder's status (has_status) in one round trip. Only where offered. */
+int imap_list_status(struct conn *c, struct imap_mailbox **out, size_t *n);
 
 /* one message of a FETCH reply, valid during the callback only */
 struct imap_msg {
