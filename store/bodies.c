@@ -348,20 +348,10 @@ void store_body_abort(struct store_body_writer *w)
 
 static int body_total(struct store *s, uint64_t *total)
 {
-	sqlite3_stmt *st;
-	int rc;
+	int64_t v = 0;
+	int rc = store_query_int(s, ST_BODY_TOTAL, &v);
 
-	rc = store_prepare(s, ST_BODY_TOTAL, &st);
-	if (rc)
-		return rc;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*total = (uint64_t)sqlite3_column_int64(st, 0);
-		rc = 0;
-	} else {
-		rc = store_fail(s, ST_BODY_TOTAL, rc);
-	}
-	store_done(st);
+	*total = (uint64_t)v;
 	return rc;
 }
 

@@ -194,7 +194,7 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"DELETE FROM conversations WHERE id = ?1" },
 	[ST_SYNC_NORMAL] = { "sync_normal", "PRAGMA synchronous = NORMAL" },
 
-	/* ---- orphans.c ---- */
+	/* ---- orphans.c (and the folder and UID helpers beside them) ---- */
 	[ST_MSG_ORPHAN] = { "msg_orphan",
 		"UPDATE messages SET uid = -umid WHERE umid = ?1 AND uid > 0" },
 	[ST_FOLDER_ORPHAN_ALL] = { "folder_orphan_all",
@@ -218,12 +218,16 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"ORDER BY umid LIMIT 1000" },
 	[ST_MSG_MAX_UMID] = { "msg_max_umid",
 		"SELECT coalesce(max(umid), 0) FROM messages" },
+	/* served by the partial index messages_orphans */
+	[ST_ANY_ORPHAN] = { "any_orphan",
+		"SELECT EXISTS (SELECT 1 FROM messages WHERE uid < 0)" },
 	[ST_MSG_UIDS_FROM] = { "msg_uids_from",
 		"SELECT uid FROM messages WHERE folder = ?1 AND uid >= ?2 "
 		"AND uid < ?3 ORDER BY uid LIMIT ?4" },
+	/* ?1..?5 as ST_FOLDER_PUT */
 	[ST_FOLDER_RENAME] = { "folder_rename",
-		"UPDATE folders SET name = ?2, display = ?3, delim = ?4, "
-		"role = ?5, noselect = ?6 WHERE id = ?1" },
+		"UPDATE folders SET name = ?1, display = ?2, delim = ?3, "
+		"role = ?4, noselect = ?5 WHERE id = ?6" },
 	[ST_FOLDER_SET_MAILBOXID] = { "folder_set_mailboxid",
 		"UPDATE folders SET mailboxid = ?2 WHERE id = ?1" },
 };
@@ -348,6 +352,25 @@ int store_exec(struct store *s, enum store_stmt id)
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
 		;
 	rc = rc == SQLITE_DONE ? 0 : store_fail(s, id, rc);
+	store_done(st);
+	return rc;
+}
+
+int store_query_int(struct store *s, enum store_stmt id, int64_t *out)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, id, &st);
+	if (rc)
+		return rc;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*out = sqlite3_column_int64(st, 0);
+		rc = 0;
+	} else {
+		rc = store_fail(s, id, rc == SQLITE_DONE ? SQLITE_INTERNAL : rc);
+	}
 	store_done(st);
 	return rc;
 }

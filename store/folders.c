@@ -35,10 +35,25 @@ static void folder_from_row(sqlite3_stmt *st, struct store_folder *f)
 	f->mailboxid = store_column_strdup(st, 11);
 }
 
+/* what LIST says of @f into ?1..?5 (name, display, delim, role,
+ * noselect), as ST_FOLDER_PUT and ST_FOLDER_RENAME take them; @delim
+ * holds the delimiter as a string until the statement is done */
+static void bind_listed(sqlite3_stmt *st, const struct store_folder *f,
+			char delim[2])
+{
+	delim[0] = f->delim;
+	delim[1] = '\0';
+	store_bind_text(st, 1, f->name);
+	store_bind_text(st, 2, f->display);
+	store_bind_text(st, 3, f->delim ? delim : NULL);
+	store_bind_text(st, 4, f->role);
+	sqlite3_bind_int(st, 5, f->noselect);
+}
+
 int store_folder_put(struct store *s, const struct store_folder *f, int64_t *id)
 {
 	sqlite3_stmt *st;
-	char delim[2] = { f->delim, 0 };
+	char delim[2];
 	int rc;
 
 	if (!f->name)
@@ -46,11 +61,7 @@ int store_folder_put(struct store *s, const struct store_folder *f, int64_t *id)
 	rc = store_prepare(s, ST_FOLDER_PUT, &st);
 	if (rc)
 		return rc;
-	store_bind_text(st, 1, f->name);
-	store_bind_text(st, 2, f->display);
-	store_bind_text(st, 3, f->delim ? delim : NULL);
-	store_bind_text(st, 4, f->role);
-	sqlite3_bind_int(st, 5, f->noselect);
+	bind_listed(st, f, delim);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		*id = sqlite3_column_int64(st, 0);
@@ -214,6 +225,41 @@ int store_folder_count(struct store *s, int64_t id, uint64_t *n)
 	} else {
 		rc = store_fail(s, ST_FOLDER_COUNT, rc);
 	}
+	store_done(st);
+	return rc;
+}
+
+int store_folder_rename(struct store *s, int64_t id,
+			const struct store_folder *f)
+{
+	sqlite3_stmt *st;
+	char delim[2];
+	int rc;
+
+	rc = store_prepare(s, ST_FOLDER_RENAME, &st);
+	if (rc)
+		return rc;
+	bind_listed(st, f, delim);
+	sqlite3_bind_int64(st, 6, id);
+	rc = sqlite3_step(st);
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_FOLDER_RENAME, rc);
+	store_done(st);
+	return rc;
+}
+
+int store_folder_set_mailboxid(struct store *s, int64_t id,
+			       const char *mailboxid)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	rc = store_prepare(s, ST_FOLDER_SET_MAILBOXID, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, id);
+	store_bind_text(st, 2, mailboxid);
+	rc = sqlite3_step(st);
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_FOLDER_SET_MAILBOXID, rc);
 	store_done(st);
 	return rc;
 }

@@ -209,10 +209,10 @@ static int msg_update(struct store *s, struct store_msg *m, int64_t flagset,
 		m->conv = sqlite3_column_int64(st, 1); /* NULL reads as 0 */
 		old = sqlite3_column_int64(st, 2);
 		rc = 0;
+	} else if (rc == SQLITE_DONE) {
+		rc = -ENOENT; /* store_msg_set_flags of a UID not stored */
 	} else {
-		/* it was there a moment ago, in this transaction */
-		rc = store_fail(s, ST_MSG_LOCATE, rc == SQLITE_DONE ?
-				SQLITE_INTERNAL : rc);
+		rc = store_fail(s, ST_MSG_LOCATE, rc);
 	}
 	store_done(st);
 	if (changed)
@@ -455,6 +455,38 @@ int store_msg_uids(struct store *s, int64_t folder, uint32_t lo, uint32_t hi,
 	}
 	if (rc != SQLITE_DONE) {
 		rc = store_fail(s, ST_MSG_UIDS, rc);
+		store_done(st);
+		free(v);
+		return rc;
+	}
+	store_done(st);
+	*uids = v;
+	*n = len;
+	return 0;
+}
+
+int store_msg_uids_from(struct store *s, int64_t folder, uint32_t from,
+			uint32_t below, size_t max, uint32_t **uids, size_t *n)
+{
+	uint32_t *v;
+	size_t len = 0;
+	sqlite3_stmt *st;
+	int rc;
+
+	*uids = NULL;
+	*n = 0;
+	rc = store_prepare(s, ST_MSG_UIDS_FROM, &st);
+	if (rc)
+		return rc;
+	v = xmalloc((max ? max : 1) * sizeof(*v));
+	sqlite3_bind_int64(st, 1, folder);
+	sqlite3_bind_int64(st, 2, from);
+	sqlite3_bind_int64(st, 3, below);
+	sqlite3_bind_int64(st, 4, (int64_t)max);
+	while (len < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
+		v[len++] = (uint32_t)sqlite3_column_int64(st, 0);
+	if (len < max && rc != SQLITE_DONE) {
+		rc = store_fail(s, ST_MSG_UIDS_FROM, rc);
 		store_done(st);
 		free(v);
 		return rc;

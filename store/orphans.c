@@ -209,90 +209,14 @@ int store_folder_purge_orphans(struct store *s, int64_t folder,
 
 int store_msg_max_umid(struct store *s, int64_t *umid)
 {
-	sqlite3_stmt *st;
-	int rc;
-
-	rc = store_prepare(s, ST_MSG_MAX_UMID, &st);
-	if (rc)
-		return rc;
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*umid = sqlite3_column_int64(st, 0);
-		rc = 0;
-	} else {
-		rc = store_fail(s, ST_MSG_MAX_UMID, rc);
-	}
-	store_done(st);
-	return rc;
+	return store_query_int(s, ST_MSG_MAX_UMID, umid);
 }
 
-int store_folder_rename(struct store *s, int64_t id,
-			const struct store_folder *f)
+int store_has_orphans(struct store *s, bool *any)
 {
-	sqlite3_stmt *st;
-	char delim[2] = { f->delim, 0 };
-	int rc;
+	int64_t v = 0;
+	int rc = store_query_int(s, ST_ANY_ORPHAN, &v);
 
-	rc = store_prepare(s, ST_FOLDER_RENAME, &st);
-	if (rc)
-		return rc;
-	sqlite3_bind_int64(st, 1, id);
-	store_bind_text(st, 2, f->name);
-	store_bind_text(st, 3, f->display);
-	store_bind_text(st, 4, f->delim ? delim : NULL);
-	store_bind_text(st, 5, f->role);
-	sqlite3_bind_int(st, 6, f->noselect);
-	rc = sqlite3_step(st);
-	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_FOLDER_RENAME, rc);
-	store_done(st);
+	*any = rc || v; /* unsure: look for them */
 	return rc;
-}
-
-int store_folder_set_mailboxid(struct store *s, int64_t id,
-			       const char *mailboxid)
-{
-	sqlite3_stmt *st;
-	int rc;
-
-	rc = store_prepare(s, ST_FOLDER_SET_MAILBOXID, &st);
-	if (rc)
-		return rc;
-	sqlite3_bind_int64(st, 1, id);
-	store_bind_text(st, 2, mailboxid);
-	rc = sqlite3_step(st);
-	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_FOLDER_SET_MAILBOXID, rc);
-	store_done(st);
-	return rc;
-}
-
-int store_msg_uids_from(struct store *s, int64_t folder, uint32_t from,
-			uint32_t below, size_t max, uint32_t **uids, size_t *n)
-{
-	uint32_t *v;
-	size_t len = 0;
-	sqlite3_stmt *st;
-	int rc;
-
-	*uids = NULL;
-	*n = 0;
-	rc = store_prepare(s, ST_MSG_UIDS_FROM, &st);
-	if (rc)
-		return rc;
-	v = xmalloc((max ? max : 1) * sizeof(*v));
-	sqlite3_bind_int64(st, 1, folder);
-	sqlite3_bind_int64(st, 2, from);
-	sqlite3_bind_int64(st, 3, below);
-	sqlite3_bind_int64(st, 4, (int64_t)max);
-	while (len < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
-		v[len++] = (uint32_t)sqlite3_column_int64(st, 0);
-	if (len < max && rc != SQLITE_DONE) {
-		rc = store_fail(s, ST_MSG_UIDS_FROM, rc);
-		store_done(st);
-		free(v);
-		return rc;
-	}
-	store_done(st);
-	*uids = v;
-	*n = len;
-	return 0;
 }

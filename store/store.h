@@ -140,8 +140,9 @@ int store_msg_put(struct store *s, struct store_msg *m);
  * store_msg_set_flags - set the flags of the stored message (@m->folder,
  * @m->uid) to @m->flags and set @m->umid and @m->conv. The row must
  * exist (a refresh of known UIDs): unlike store_msg_put this never
- * inserts, so it spends no umid. *@changed (may be NULL) tells whether
- * the flags differ from what was stored.
+ * inserts, so it spends no umid: -ENOENT (not logged) when the row is
+ * not there. *@changed (may be NULL) tells whether the flags differ
+ * from what was stored.
  */
 int store_msg_set_flags(struct store *s, struct store_msg *m, bool *changed);
 
@@ -237,6 +238,11 @@ int store_folder_purge_orphans(struct store *s, int64_t folder,
 /* store_msg_max_umid - the highest umid handed out so far (0: none),
  * marking where a refresh pass begins. */
 int store_msg_max_umid(struct store *s, int64_t *umid);
+
+/* store_has_orphans - whether any orphan waits to be adopted (true
+ * too when the store cannot tell), so that storing new mail can skip
+ * looking for one. */
+int store_has_orphans(struct store *s, bool *any);
 
 /* store_folder_rename - folder @id is now called @f->name (display,
  * delim, role, noselect as store_folder_put takes them): a rename on

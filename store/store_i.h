@@ -68,6 +68,7 @@ enum store_stmt {
 	ST_MSG_FLAGSET_OF,
 	ST_FOLDER_ORPHANS,
 	ST_MSG_MAX_UMID,
+	ST_ANY_ORPHAN,
 	ST_MSG_UIDS_FROM,
 	ST_FOLDER_RENAME,
 	ST_FOLDER_SET_MAILBOXID,
@@ -173,6 +174,12 @@ int store_fail(struct store *s, enum store_stmt id, int rc);
  */
 int store_exec(struct store *s, enum store_stmt id);
 
+/*
+ * store_query_int - run statement @id, which takes no parameters and
+ * returns one row, and read its first column into *@out. Returns 0 or
+ * -errno (logged).
+ */
+int store_query_int(struct store *s, enum store_stmt id, int64_t *out);
 /*
  * store_exec_id - run statement @id with @v bound to ?1, expecting no
  * rows. Returns 0 or -errno (logged).

@@ -145,10 +145,13 @@ static bool has_deleted(const char *flags)
 	return p && (p[8] == '\0' || p[8] == ' ');
 }
 
-/* a new message: adopt an orphan it is, else store and thread it */
-static int put_new(struct batch *b, struct batch_msg *bm, struct told *t)
+/* a new message: adopt an orphan it is (when any waits), else store
+ * and thread it */
+static int put_new(struct batch *b, struct batch_msg *bm, bool orphans,
+		   struct told *t)
 {
 	struct store_msg m = { 0 };
+	bool adopted = false;
 	int rc;
 
 	if (!bm->has_size || !bm->has_date) {
@@ -169,20 +172,25 @@ static int put_new(struct batch *b, struct batch_msg *bm, struct told *t)
 	m.references = bm->mf.references;
 	m.in_reply_to = bm->mf.in_reply_to;
 	m.emailid = bm->emailid;
-	rc = store_msg_find_uid(b->s->st, m.folder, m.uid, &m.umid);
-	if (rc == -ENOENT) {
-		rc = store_msg_adopt(b->s->st, &m);
-		if (!rc)
-			log_debug("folder %s: UID %u is message %lld found "
-				  "again",
-				  b->f->name, bm->uid, (long long)m.umid);
-		else if (rc == -ENOENT)
-			rc = thread_put(b->s->st, &m);
-	} else if (!rc) {
-		/* stored already (a batch done twice): thread_put updates
-		 * its flags, and threads it if it never was */
-		rc = thread_put(b->s->st, &m);
+	/* thread_put stores a new row, or updates one stored already (a
+	 * batch done twice); only a row not stored may adopt an orphan */
+	rc = 0;
+	if (orphans) {
+		rc = store_msg_find_uid(b->s->st, m.folder, m.uid, &m.umid);
+		if (rc == -ENOENT) {
+			rc = store_msg_adopt(b->s->st, &m);
+			adopted = !rc;
+			if (adopted)
+				log_debug("folder %s: UID %u is message %lld "
+					  "found again",
+					  b->f->name, bm->uid,
+					  (long long)m.umid);
+			else if (rc == -ENOENT)
+				rc = 0;
+		}
 	}
+	if (!rc && !adopted)
+		rc = thread_put(b->s->st, &m);
 	t->changed = true;
 	if (!rc && has_deleted(bm->flags))
 		tell_later(b, t, m.umid);
@@ -199,11 +207,9 @@ static int put_flags(struct batch *b, struct batch_msg *bm, struct told *t)
 	m.folder = b->f->id;
 	m.uid = bm->uid;
 	m.flags = bm->flags;
-	rc = store_msg_find_uid(b->s->st, m.folder, m.uid, &m.umid);
+	rc = store_msg_set_flags(b->s->st, &m, &changed);
 	if (rc == -ENOENT)
 		return 0;
-	if (!rc)
-		rc = store_msg_set_flags(b->s->st, &m, &changed);
 	if (rc || !changed)
 		return rc;
 	t->changed = true;
@@ -253,17 +259,31 @@ static int put_gone(struct batch *b, uint32_t uid, struct told *t)
 	return rc;
 }
 
+int batch_save_bookmark(struct sync *s, struct store_folder *f)
+{
+	struct batch b;
+	int rc;
+
+	batch_init(&b, s, f, BATCH_NEW);
+	rc = batch_write(&b, true);
+	batch_release(&b);
+	return rc;
+}
+
 int batch_write(struct batch *b, bool bookmark)
 {
 	struct store_folder *f = b->f;
 	struct told t = { 0 };
+	bool orphans = true;
 	int rc;
 
 	if (!b->n && !b->ngone && !bookmark)
 		return 0;
 	rc = store_begin(b->s->st);
+	if (!rc && b->mode == BATCH_NEW && b->n)
+		rc = store_has_orphans(b->s->st, &orphans);
 	for (size_t i = 0; !rc && i < b->n; i++)
-		rc = b->mode == BATCH_NEW ? put_new(b, &b->v[i], &t)
+		rc = b->mode == BATCH_NEW ? put_new(b, &b->v[i], orphans, &t)
 					  : put_flags(b, &b->v[i], &t);
 	for (size_t i = 0; !rc && i < b->ngone; i++)
 		rc = put_gone(b, b->gone[i], &t);

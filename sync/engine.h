@@ -208,6 +208,13 @@ bool batch_full(const struct batch *b);
  * error. Tells fs/ what changed after the commit.
  */
 int batch_write(struct batch *b, bool bookmark);
+/* batch_save_bookmark - write @f's bookmark alone, in a transaction */
+int batch_save_bookmark(struct sync *s, struct store_folder *f);
+
+/* sync_grade_errno - an imap_grade as the -errno a job returns: 0,
+ * -ECANCELED, -ENOTCONN (the connection broke) or -EREMOTE (the server
+ * refused, for this folder) */
+int sync_grade_errno(int grade);
 
 /* fetch.c: body fetchers */
 int fetch_start(struct sync *s);

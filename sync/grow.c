@@ -23,11 +23,6 @@ static int locate_cb(const struct imap_msg *m, void *ctx)
 	return 0;
 }
 
-static int grade_rc(int g)
-{
-	return g == IMAP_OK ? 0 : g == IMAP_CONN_BAD ? -ENOTCONN : -EREMOTE;
-}
-
 /*
  * How many messages the server has below our known range: the sequence
  * number of the lowest known message still there, less one. A few of
@@ -53,7 +48,7 @@ static int count_below(struct sync *s, struct store_folder *f, uint32_t *below)
 					.fn = locate_cb,
 					.ctx = &seq };
 
-		rc = grade_rc(imap_fetch(s->conn, &q));
+		rc = sync_grade_errno(imap_fetch(s->conn, &q));
 		imap_fetch_release(&q);
 	}
 	free(known);
@@ -70,7 +65,7 @@ static int count_below(struct sync *s, struct store_folder *f, uint32_t *below)
 					&nu);
 
 		if (g)
-			return grade_rc(g);
+			return sync_grade_errno(g);
 		*below = (uint32_t)nu;
 		free(uids);
 	}
@@ -87,7 +82,7 @@ int grow_folder(struct sync *s, struct store_folder *f, struct job *j)
 	/* other folders were looked at since this one's refresh */
 	g = imap_examine(s->conn, f->name, &box);
 	if (g)
-		return grade_rc(g);
+		return sync_grade_errno(g);
 	if (box.uidvalidity != f->uidvalidity)
 		return -EAGAIN; /* the next refresh learns it again */
 	while (f->low_uid != 1) {
@@ -102,13 +97,8 @@ int grow_folder(struct sync *s, struct store_folder *f, struct job *j)
 		if (rc)
 			return rc;
 		if (!below) {
-			struct batch b;
-
 			f->low_uid = 1;
-			batch_init(&b, s, f, BATCH_NEW);
-			rc = batch_write(&b, true);
-			batch_release(&b);
-			return rc;
+			return batch_save_bookmark(s, f);
 		}
 		first = below > s->batch ? below - s->batch + 1 : 1;
 		low = f->low_uid;

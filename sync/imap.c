@@ -38,13 +38,12 @@ static struct mailimap_extension_api objectid_api = {
 	.ext_free = objectid_free,
 };
 
-enum { OBJ_EMAILID, OBJ_MAILBOXID, OBJ_THREADID };
+enum { OBJ_EMAILID, OBJ_MAILBOXID };
 
 /*
  * "EMAILID (M6d99ac3275bb4e)" in a FETCH, "MAILBOXID (F2212ea87-...)"
- * in a STATUS, "THREADID (T...)" or "THREADID NIL" in a FETCH: the id
- * is an atom of letters, digits, '-' and '_' (RFC 8474 §4), at most
- * 255 bytes. Anything else is not ours.
+ * in a STATUS: the id is an atom of letters, digits, '-' and '_' (RFC
+ * 8474 §4), at most 255 bytes. Anything else is not ours.
  */
 static int objectid_parse(int calling, mailstream *fd, MMAPString *buf,
 			  struct mailimap_parser_context *ctx, size_t *indx,
@@ -57,7 +56,6 @@ static int objectid_parse(int calling, mailstream *fd, MMAPString *buf,
 		int caller;
 	} words[] = {
 		{ "EMAILID", OBJ_EMAILID, MAILIMAP_EXTENDED_PARSER_FETCH_DATA },
-		{ "THREADID", OBJ_THREADID, MAILIMAP_EXTENDED_PARSER_FETCH_DATA },
 		{ "MAILBOXID", OBJ_MAILBOXID,
 		  MAILIMAP_EXTENDED_PARSER_STATUS_ATT },
 	};
@@ -65,31 +63,24 @@ static int objectid_parse(int calling, mailstream *fd, MMAPString *buf,
 
 	for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
 		size_t n = strlen(words[i].word);
-		char *id = NULL;
+		const char *s;
+		char *id;
 
 		if (calling != words[i].caller || (size_t)(end - p) < n + 2 ||
 		    strncasecmp(p, words[i].word, n) || p[n] != ' ')
 			continue;
 		q = p + n + 1;
-		if (words[i].type == OBJ_THREADID &&
-		    (size_t)(end - q) >= 3 && !strncasecmp(q, "NIL", 3)) {
-			q += 3;
-		} else {
-			const char *s;
-
-			if (q >= end || *q != '(')
-				return MAILIMAP_ERROR_PARSE;
-			s = ++q;
-			while (q < end && q - s <= 255 &&
-			       (((*q | 0x20) >= 'a' && (*q | 0x20) <= 'z') ||
-				(*q >= '0' && *q <= '9') || *q == '-' ||
-				*q == '_'))
-				q++;
-			if (q >= end || *q != ')' || q == s)
-				return MAILIMAP_ERROR_PARSE;
-			id = xstrndup(s, (size_t)(q - s));
+		if (q >= end || *q != '(')
+			return MAILIMAP_ERROR_PARSE;
+		s = ++q;
+		while (q < end && q - s <= 255 &&
+		       (((*q | 0x20) >= 'a' && (*q | 0x20) <= 'z') ||
+			(*q >= '0' && *q <= '9') || *q == '-' || *q == '_'))
 			q++;
-		}
+		if (q >= end || *q != ')' || q == s)
+			return MAILIMAP_ERROR_PARSE;
+		id = xstrndup(s, (size_t)(q - s));
+		q++;
 		*result = mailimap_extension_data_new(&objectid_api,
 						      words[i].type, id);
 		if (!*result) {

@@ -17,8 +17,7 @@
 
 #include "common.h"
 
-/* an imap_grade of a command as the errno the job returns */
-static int job_rc(struct sync *s, int grade)
+int sync_grade_errno(int grade)
 {
 	switch (grade) {
 	case IMAP_OK:
@@ -51,18 +50,7 @@ static int fetch_into(struct sync *s, struct batch *b, struct imap_fetch *f)
 	/* a part written as the reply came in may have failed */
 	if (g == IMAP_OK && f->cb_rc)
 		return f->cb_rc;
-	return job_rc(s, g);
-}
-
-static int save_bookmark(struct sync *s, struct store_folder *f)
-{
-	struct batch b;
-	int rc;
-
-	batch_init(&b, s, f, BATCH_NEW);
-	rc = batch_write(&b, true);
-	batch_release(&b);
-	return rc;
+	return sync_grade_errno(g);
 }
 
 int refresh_seq_batch(struct sync *s, struct store_folder *f, uint32_t first,
@@ -319,7 +307,7 @@ static int gone_by_search(struct sync *s, struct store_folder *f,
 			free(known);
 			if (g == IMAP_CONN_BAD)
 				sync_batch_failed(s);
-			return job_rc(s, g);
+			return sync_grade_errno(g);
 		}
 		batch_init(&b, s, f, BATCH_FLAGS);
 		for (size_t i = 0; i < n; i++)
@@ -377,14 +365,14 @@ int refresh_folder(struct sync *s, struct store_folder *f, struct job *j)
 	/* before the EXAMINE: a STATUS of the selected folder is frowned on */
 	if (!f->mailboxid && (s->conn->caps & CAP_OBJECTID)) {
 		/* recorded once, to know the folder again after a rename */
-		rc = job_rc(s, imap_mailboxid(s->conn, f->name, &f->mailboxid));
+		rc = sync_grade_errno(imap_mailboxid(s->conn, f->name, &f->mailboxid));
 		if (!rc && f->mailboxid)
 			rc = store_folder_set_mailboxid(s->st, f->id,
 							f->mailboxid);
 		if (rc)
 			return rc;
 	}
-	rc = job_rc(s, imap_examine(s->conn, f->name, &box));
+	rc = sync_grade_errno(imap_examine(s->conn, f->name, &box));
 	if (rc)
 		return rc;
 	sync_note_total(s, f->id, box.exists);
@@ -401,7 +389,7 @@ int refresh_folder(struct sync *s, struct store_folder *f, struct job *j)
 			f->uidnext = box.uidnext ? box.uidnext : 1;
 			f->low_uid = 1;
 			f->highestmodseq = box.highestmodseq;
-			return save_bookmark(s, f);
+			return batch_save_bookmark(s, f);
 		}
 		f->highestmodseq = box.highestmodseq;
 		f->uidnext = box.uidnext;
@@ -440,5 +428,5 @@ int refresh_folder(struct sync *s, struct store_folder *f, struct job *j)
 	if (rc)
 		return rc;
 	f->highestmodseq = box.highestmodseq;
-	return save_bookmark(s, f);
+	return batch_save_bookmark(s, f);
 }

@@ -243,14 +243,13 @@ static void set_conn_state(struct sync *s, enum conn_state st)
 struct folder_job {
 	struct sync *s;
 	int64_t folder;
+	bool grow; /* learn older mail, not refresh */
 };
 
 static void folder_job_free(void *arg)
 {
 	free(arg);
 }
-
-static int run_grow(struct job *j, void *arg);
 
 /* a job's result as a line for the folder's status */
 static void note_result(struct sync *s, int64_t folder, const char *what,
@@ -293,40 +292,27 @@ static bool job_folder(struct sync *s, int64_t id, struct store_folder *f,
 	return true;
 }
 
+/* refresh a folder; one not yet complete then grows, as a child */
 static int run_refresh(struct job *j, void *arg)
 {
 	struct folder_job *fj = arg;
 	struct sync *s = fj->s;
 	struct store_folder f = { 0 };
+	bool grow = fj->grow;
 	int rc;
 
 	if (!job_folder(s, fj->folder, &f, &rc))
 		goto out;
-	rc = refresh_folder(s, &f, j);
-	note_result(s, f.id, "refresh", rc);
-	if (!rc && f.low_uid != 1) {
+	rc = grow ? grow_folder(s, &f, j) : refresh_folder(s, &f, j);
+	note_result(s, f.id, grow ? "learning older mail" : "refresh", rc);
+	if (!rc && !grow && f.low_uid != 1) {
 		struct folder_job *g = xcalloc(1, sizeof(*g));
 
 		*g = *fj;
-		rc = jobq_submit(s->jobs, j, "grow", run_grow, folder_job_free,
-				 g, NULL);
+		g->grow = true;
+		rc = jobq_submit(s->jobs, j, "grow", run_refresh,
+				 folder_job_free, g, NULL);
 	}
-out:
-	store_folder_release(&f);
-	return rc;
-}
-
-static int run_grow(struct job *j, void *arg)
-{
-	struct folder_job *fj = arg;
-	struct sync *s = fj->s;
-	struct store_folder f = { 0 };
-	int rc;
-
-	if (!job_folder(s, fj->folder, &f, &rc))
-		goto out;
-	rc = grow_folder(s, &f, j);
-	note_result(s, f.id, "learning older mail", rc);
 out:
 	store_folder_release(&f);
 	return rc;
@@ -343,7 +329,8 @@ static bool folder_moved(struct sync *s, const struct store_folder *f,
 			 int *rc)
 {
 	struct sync_folder_status fst;
-	struct imap_box box;
+	const struct imap_box *b = NULL;
+	struct imap_box asked = { 0 };
 	bool moved;
 	int g;
 
@@ -351,30 +338,25 @@ static bool folder_moved(struct sync *s, const struct store_folder *f,
 	if (f->low_uid != 1 || !f->uidnext || !f->uidvalidity ||
 	    sync_folder_status(s, f->id, &fst) || fst.failed || !fst.has_total)
 		return true;
-	memset(&box, 0, sizeof(box));
-	g = IMAP_FOLDER_BAD;
 	/* LIST-STATUS told it already, in the list's one round trip */
-	for (size_t i = 0; i < s->nlisted; i++)
-		if (s->listed[i].has_status && !strcmp(s->listed[i].name, f->name)) {
-			box = s->listed[i].box;
-			box.mailboxid = NULL;
-			g = IMAP_OK;
-			break;
-		}
-	if (g != IMAP_OK)
-		g = imap_status(s->conn, f->name, &box);
-	if (g == IMAP_CONN_BAD) {
-		*rc = -ENOTCONN;
-		return false;
+	for (size_t i = 0; i < s->nlisted && !b; i++)
+		if (s->listed[i].has_status && !strcmp(s->listed[i].name, f->name))
+			b = &s->listed[i].box;
+	if (!b) {
+		g = imap_status(s->conn, f->name, &asked);
+		if (g == IMAP_CONN_BAD)
+			*rc = -ENOTCONN;
+		if (g)
+			/* the refresh will say what is wrong */
+			return g != IMAP_CONN_BAD;
+		b = &asked;
 	}
-	if (g)
-		return true; /* the refresh will say what is wrong */
-	moved = box.uidvalidity != f->uidvalidity ||
-		(box.uidnext && box.uidnext != f->uidnext) ||
-		box.exists != fst.total ||
+	moved = b->uidvalidity != f->uidvalidity ||
+		(b->uidnext && b->uidnext != f->uidnext) ||
+		b->exists != fst.total ||
 		((s->conn->caps & CAP_CONDSTORE) &&
-		 box.highestmodseq != f->highestmodseq);
-	imap_box_release(&box);
+		 b->highestmodseq != f->highestmodseq);
+	imap_box_release(&asked);
 	return moved;
 }
 
