@@ -1,6 +1,7 @@
 /*
  * control.c - the files in .convoyfs/: status is read for the state of
- * the sync and of every folder, ctl is written with a command ("sync").
+ * the sync and of every folder, ctl is written with a command (sync,
+ * sync FOLDER, grow FOLDER).
  */
 #define LOG_CAT "fs"
 #include "fs_i.h"
@@ -145,18 +146,81 @@ void control_release(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_err(req, 0);
 }
 
-/* .convoyfs/ctl: "sync" asks for a refresh of every folder now */
+/*
+ * The folder at @path, a directory path as the mount shows it
+ * ("Archive/2020", a leading or trailing '/' allowed): its store id, 0
+ * when no selectable folder is there.
+ */
+static int64_t folder_at(struct fs *fs, const char *path)
+{
+	struct tree *t = tree_get(fs);
+	const struct tree_dir *d = &t->dirs[0];
+	char *copy = xstrdup(path), *save = NULL;
+	int64_t id;
+
+	for (char *c = strtok_r(copy, "/", &save); c && d;
+	     c = strtok_r(NULL, "/", &save))
+		d = tree_child(t, d, c);
+	id = d && d->selectable ? d->folder : 0;
+	free(copy);
+	tree_put(t);
+	return id;
+}
+
+#define CTL_COMMANDS "sync, sync FOLDER, grow FOLDER"
+
+/*
+ * .convoyfs/ctl, one command per write:
+ *   sync           refresh every folder now
+ *   sync FOLDER    refresh one folder now, ahead of other work
+ *   grow FOLDER    learn all of a folder's older mail, past the horizon
+ * FOLDER is its directory path in the mount. A command not known, or a
+ * folder not there, fails with EINVAL and a log line.
+ */
 void control_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		   size_t size, off_t off, struct fuse_file_info *fi)
 {
+	struct fs *fs = fs_of(req);
 	size_t n = size;
+	char *line, *arg;
+	bool grow;
+	int64_t id;
 
+	(void)ino;
+	(void)off;
+	(void)fi;
 	while (n && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
 		n--;
-	if (n == 4 && !memcmp(buf, "sync", 4)) {
-		sync_request_refresh(fs_of(req)->sync);
-		fuse_reply_write(req, size);
-	} else {
+	if (n > 4096 || memchr(buf, '\0', n)) {
+		log_warn("ctl: command too long or not text; commands: "
+			 CTL_COMMANDS);
 		fuse_reply_err(req, EINVAL);
+		return;
 	}
+	line = xstrndup(buf, n);
+	arg = strchr(line, ' ');
+	if (arg)
+		*arg++ = '\0';
+	if (!strcmp(line, "sync") && !arg) {
+		sync_request_refresh(fs->sync);
+		fuse_reply_write(req, size);
+		goto out;
+	}
+	grow = !strcmp(line, "grow");
+	if (!(grow || !strcmp(line, "sync")) || !arg || !*arg) {
+		log_warn("ctl: unknown command \"%s\"; commands: " CTL_COMMANDS,
+			 line);
+		fuse_reply_err(req, EINVAL);
+		goto out;
+	}
+	id = folder_at(fs, arg);
+	if (!id) {
+		log_warn("ctl: %s: no folder \"%s\" in the mount", line, arg);
+		fuse_reply_err(req, EINVAL);
+		goto out;
+	}
+	sync_request_folder(fs->sync, id, grow);
+	fuse_reply_write(req, size);
+out:
+	free(line);
 }

@@ -43,6 +43,14 @@ struct fetcher {
 	long long retry_at_ms; /* no new connection before */
 };
 
+/* a folder to refresh ahead of the rounds: asked for by the user, or
+ * pushed by the server through the watcher */
+struct asked_folder {
+	int64_t id; /* 0: look it up by @name */
+	char *name; /* owned: raw server name, or NULL */
+	bool grow; /* learn all of its older mail too */
+};
+
 /* what .convoyfs/status says of one folder; guarded by s->lock */
 struct folder_note {
 	int64_t id;
@@ -88,6 +96,8 @@ struct sync {
 	int64_t last_error_when;
 	struct folder_note *notes;
 	size_t nnotes;
+	struct asked_folder *asked; /* for the sync thread to queue */
+	size_t nasked;
 	struct fetch_req *queue; /* pending and running body requests */
 	long long fetch_progress_ms; /* last time any fetcher made progress */
 
@@ -113,6 +123,10 @@ bool sync_is_stopping(struct sync *s);
 void sync_made_progress(struct sync *s);
 /* the link dropped during a command: send smaller batches */
 void sync_batch_failed(struct sync *s);
+
+/* sync_push - the server says folder @name (raw) changed: refresh it
+ * soon, ahead of the round. Thread: any (the watcher). */
+void sync_push(struct sync *s, const char *name);
 
 /* per-folder notes for the status file */
 void sync_note_total(struct sync *s, int64_t folder, uint32_t total);
@@ -150,9 +164,15 @@ int refresh_folder(struct sync *s, struct store_folder *f, struct job *j);
 int refresh_seq_batch(struct sync *s, struct store_folder *f, uint32_t first,
 		      uint32_t last, uint32_t *got);
 
-/* grow.c: learn older messages of @f, newest first, batch by batch,
- * until it is complete, cancelled or failing. Returns as refresh. */
-int grow_folder(struct sync *s, struct store_folder *f, struct job *j);
+/*
+ * grow.c: learn older messages of @f, newest first: one step (about a
+ * batch of messages) per call, so pushed work can run in between.
+ * Stops at the configured horizon unless @to_the_end. Returns 1 when
+ * more is left to learn (call again), 0 when the folder is complete (or
+ * complete down to the horizon), else as refresh.
+ */
+int grow_folder(struct sync *s, struct store_folder *f, struct job *j,
+		bool to_the_end);
 
 /*
  * batch.c: messages parsed into memory, written in one short

@@ -72,7 +72,8 @@ static int count_below(struct sync *s, struct store_folder *f, uint32_t *below)
 	return 0;
 }
 
-int grow_folder(struct sync *s, struct store_folder *f, struct job *j)
+int grow_folder(struct sync *s, struct store_folder *f, struct job *j,
+		bool to_the_end)
 {
 	struct imap_box box;
 	int g;
@@ -112,6 +113,8 @@ int grow_folder(struct sync *s, struct store_folder *f, struct job *j)
 				 f->name, low, first, below);
 			return -EAGAIN;
 		}
+		(void)to_the_end;
+		return f->low_uid != 1;
 	}
 	return 0;
 }

@@ -41,6 +41,7 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 	s->cfg.poll_interval = cfg->poll_interval ? cfg->poll_interval : 60;
 	s->cfg.timeout = cfg->timeout ? cfg->timeout : 30;
 	s->cfg.cache_budget = cfg->cache_budget;
+	s->cfg.horizon = cfg->horizon;
 	s->batch = SYNC_BATCH;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->fetch_wake, NULL);
@@ -244,6 +245,7 @@ struct folder_job {
 	struct sync *s;
 	int64_t folder;
 	bool grow; /* learn older mail, not refresh */
+	bool to_the_end; /* grow past the horizon (asked for) */
 };
 
 static void folder_job_free(void *arg)
@@ -292,26 +294,45 @@ static bool job_folder(struct sync *s, int64_t id, struct store_folder *f,
 	return true;
 }
 
-/* refresh a folder; one not yet complete then grows, as a child */
-static int run_refresh(struct job *j, void *arg)
+static int run_folder(struct job *j, void *arg);
+
+/* queue @fj's growth as a child of @parent: at the back, so a refresh
+ * pushed meanwhile runs before the next step */
+static int submit_grow(struct sync *s, struct job *parent,
+		       const struct folder_job *fj)
+{
+	struct folder_job *g = xcalloc(1, sizeof(*g));
+
+	*g = *fj;
+	g->grow = true;
+	return jobq_submit(s->jobs, parent, "grow", run_folder,
+			   folder_job_free, g, NULL);
+}
+
+/*
+ * Refresh a folder, or take one step of its growth. A folder not yet
+ * complete grows after its refresh, one step per job, each the child
+ * of the one before, so the round waits for all of them.
+ */
+static int run_folder(struct job *j, void *arg)
 {
 	struct folder_job *fj = arg;
 	struct sync *s = fj->s;
 	struct store_folder f = { 0 };
-	bool grow = fj->grow;
 	int rc;
 
 	if (!job_folder(s, fj->folder, &f, &rc))
 		goto out;
-	rc = grow ? grow_folder(s, &f, j) : refresh_folder(s, &f, j);
-	note_result(s, f.id, grow ? "learning older mail" : "refresh", rc);
-	if (!rc && !grow && f.low_uid != 1) {
-		struct folder_job *g = xcalloc(1, sizeof(*g));
-
-		*g = *fj;
-		g->grow = true;
-		rc = jobq_submit(s->jobs, j, "grow", run_refresh,
-				 folder_job_free, g, NULL);
+	if (fj->grow) {
+		rc = grow_folder(s, &f, j, fj->to_the_end);
+		note_result(s, f.id, "learning older mail", rc < 0 ? rc : 0);
+		if (rc == 1)
+			rc = submit_grow(s, j, fj);
+	} else {
+		rc = refresh_folder(s, &f, j);
+		note_result(s, f.id, "refresh", rc);
+		if (!rc && f.low_uid != 1)
+			rc = submit_grow(s, j, fj);
 	}
 out:
 	store_folder_release(&f);
@@ -398,12 +419,97 @@ static int run_list(struct job *j, void *arg)
 			fj = xcalloc(1, sizeof(*fj));
 			fj->s = s;
 			fj->folder = f[i].id;
-			rc = jobq_submit(s->jobs, j, "refresh", run_refresh,
+			rc = jobq_submit(s->jobs, j, "refresh", run_folder,
 					 folder_job_free, fj, NULL);
 		}
 	}
 	store_folder_list_free(f, n);
 	return rc;
+}
+
+static void ask(struct sync *s, int64_t id, const char *name, bool grow)
+{
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < s->nasked; i++) {
+		struct asked_folder *a = &s->asked[i];
+
+		/* already waiting: one refresh will see both changes */
+		if (a->id == id && (!name || (a->name && !strcmp(a->name, name)))) {
+			a->grow |= grow;
+			pthread_mutex_unlock(&s->lock);
+			return;
+		}
+	}
+	s->asked = xrealloc(s->asked, (s->nasked + 1) * sizeof(*s->asked));
+	s->asked[s->nasked++] = (struct asked_folder){
+		.id = id, .name = name ? xstrdup(name) : NULL, .grow = grow
+	};
+	pthread_mutex_unlock(&s->lock);
+	jobq_wake(s->jobs);
+}
+
+void sync_request_folder(struct sync *s, int64_t folder, bool grow)
+{
+	ask(s, folder, NULL, grow);
+}
+
+void sync_push(struct sync *s, const char *name)
+{
+	ask(s, 0, name, false);
+}
+
+/* the id of the folder named @name (raw), or 0 */
+static int64_t folder_id_by_name(struct sync *s, const char *name)
+{
+	struct store_folder *f = NULL;
+	size_t n = 0;
+	int64_t id = 0;
+
+	if (store_folder_list(s->st, &f, &n))
+		return 0;
+	for (size_t i = 0; i < n && !id; i++)
+		if (!strcmp(f[i].name, name) ||
+		    (!strcasecmp(name, "INBOX") && !strcasecmp(f[i].name, "INBOX")))
+			id = f[i].id;
+	store_folder_list_free(f, n);
+	return id;
+}
+
+/*
+ * Queue what was asked for or pushed at the head of the queue, so it
+ * runs before the rest of a round: a refresh job, and for a growth
+ * asked for, a growth to the end after it. A folder not (yet) in the
+ * store waits for the next list.
+ */
+static void queue_asked(struct sync *s)
+{
+	struct asked_folder *v;
+	size_t n;
+
+	pthread_mutex_lock(&s->lock);
+	v = s->asked;
+	n = s->nasked;
+	s->asked = NULL;
+	s->nasked = 0;
+	pthread_mutex_unlock(&s->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct folder_job *fj;
+		int64_t id = v[i].id ? v[i].id : folder_id_by_name(s, v[i].name);
+
+		free(v[i].name);
+		if (!id)
+			continue;
+		fj = xcalloc(1, sizeof(*fj));
+		fj->s = s;
+		fj->folder = id;
+		fj->grow = v[i].grow;
+		fj->to_the_end = v[i].grow;
+		if (jobq_submit_front(s->jobs, NULL,
+				      fj->grow ? "grow" : "refresh", run_folder,
+				      folder_job_free, fj, NULL))
+			break;
+	}
+	free(v);
 }
 
 static void start_round(struct sync *s, bool full)
@@ -576,6 +682,7 @@ static void *sync_main(void *arg)
 		pthread_mutex_unlock(&s->lock);
 		if (!s->round && (asked || now_ms() >= s->next_round_ms))
 			start_round(s, asked || !s->full_done);
+		queue_asked(s);
 		r = jobq_run_next(s->jobs, s->round ? 0 : 1000);
 		if (r == -ESHUTDOWN)
 			break;
@@ -648,6 +755,9 @@ void sync_free(struct sync *s)
 	store_close(s->st);
 	sync_config_release(&s->cfg);
 	free(s->notes);
+	for (size_t i = 0; i < s->nasked; i++)
+		free(s->asked[i].name);
+	free(s->asked);
 	imap_mailboxes_free(s->listed, s->nlisted);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->fetch_wake);

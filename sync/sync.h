@@ -22,6 +22,9 @@ struct sync_config {
 	unsigned poll_interval; /* seconds between checks of every folder */
 	unsigned timeout; /* seconds any network wait may take */
 	uint64_t cache_budget; /* bytes of cached bodies to keep */
+	/* mail older than this (Unix time; 0: none) is learned only when
+	 * asked with sync_request_folder(..., true) */
+	int64_t horizon;
 };
 
 void sync_config_release(struct sync_config *cfg);
@@ -93,6 +96,13 @@ int sync_folder_status(struct sync *s, int64_t folder,
 
 /* sync_request_refresh - ask for a refresh of every folder now. */
 void sync_request_refresh(struct sync *s);
+
+/*
+ * sync_request_folder - ask for a refresh of folder @folder (a store
+ * folder id) now, ahead of other queued work; with @grow, for learning
+ * all of its older mail too, past the horizon. Thread: any.
+ */
+void sync_request_folder(struct sync *s, int64_t folder, bool grow);
 
 /*
  * sync_status - a human-readable report (connection state, per-folder
