@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -40,6 +41,11 @@ void args_usage(FILE *out)
 	      "(default 60)\n"
 	      "  timeout=SECONDS        longest network wait (default 30)\n"
 	      "  cache_size=MB          bodies kept on disk (default 2048)\n"
+	      "  sync_since=YYYY-MM-DD  learn only mail dated from that day (UTC)\n"
+	      "  sync_days=N            learn only mail of the last N days\n"
+	      "                         (default: all; older mail of a folder\n"
+	      "                         comes with: echo 'grow FOLDER' >\n"
+	      "                         MOUNTPOINT/.convoyfs/ctl)\n"
 	      "  debug=CATS             log categories joined by +: sync, fetch,\n"
 	      "                         thread, imap, tls, store, fs; or all\n"
 	      "  auth=login|plain       LOGIN (default) or AUTHENTICATE PLAIN;\n"
@@ -147,8 +153,42 @@ static int parse_uint(const char *v, unsigned *out)
 	return 0;
 }
 
-static int parse_opts(char *opts, struct fs_args *a, char *err,
-		      size_t errlen)
+/* longest sync_days: a century */
+#define MAX_SYNC_DAYS 36500
+
+/* "YYYY-MM-DD", a real day from 1970-01-02 on, as Unix time of its start
+ * in UTC (0 is taken: it means no horizon) */
+static int parse_day(const char *v, int64_t *out)
+{
+	struct tm tm = { 0 };
+	const char *end;
+	int mday, mon;
+	time_t t;
+
+	if (strlen(v) != 10)
+		return -EINVAL;
+	end = strptime(v, "%Y-%m-%d", &tm);
+	if (!end || *end)
+		return -EINVAL;
+	/* timegm makes 2026-02-30 the 2nd of March (in @tm too): not a
+	 * day of the calendar */
+	mday = tm.tm_mday;
+	mon = tm.tm_mon;
+	t = timegm(&tm);
+	if (t <= 0 || tm.tm_mday != mday || tm.tm_mon != mon)
+		return -EINVAL;
+	*out = (int64_t)t;
+	return 0;
+}
+
+/* what the -o options said so far, for options that rule out others */
+struct opt_seen {
+	bool sync_since;
+	bool sync_days;
+};
+
+static int parse_opts(char *opts, struct fs_args *a, struct opt_seen *seen,
+		      char *err, size_t errlen)
 {
 	char *save = NULL;
 
@@ -180,6 +220,38 @@ static int parse_opts(char *opts, struct fs_args *a, char *err,
 			if (!*v || *end || mb == 0 || mb > (1ULL << 30))
 				goto bad;
 			a->cfg.cache_budget = mb << 20;
+		} else if (!strcmp(o, "sync_since") && v) {
+			if (seen->sync_days) {
+				snprintf(err, errlen, "sync_since and sync_days "
+					 "cannot both be given");
+				return -EINVAL;
+			}
+			seen->sync_since = true;
+			if (parse_day(v, &a->cfg.horizon)) {
+				snprintf(err, errlen, "bad value for option "
+					 "sync_since: %s (a day YYYY-MM-DD)", v);
+				return -EINVAL;
+			}
+		} else if (!strcmp(o, "sync_days") && v) {
+			char *end;
+			unsigned long d = strtoul(v, &end, 10);
+
+			if (seen->sync_since) {
+				snprintf(err, errlen, "sync_since and sync_days "
+					 "cannot both be given");
+				return -EINVAL;
+			}
+			seen->sync_days = true;
+			if (!*v || *end || *v == '-' || d == 0 ||
+			    d > MAX_SYNC_DAYS) {
+				snprintf(err, errlen, "bad value for option "
+					 "sync_days: %s (a number of days, 1 "
+					 "to %d)", v, MAX_SYNC_DAYS);
+				return -EINVAL;
+			}
+			/* counted back from the mount: the horizon stays
+			 * where it was while the mount lasts */
+			a->cfg.horizon = (int64_t)time(NULL) - (int64_t)d * 86400;
 		} else if (!strcmp(o, "debug") && v) {
 			free(a->debug_cats);
 			a->debug_cats = xstrdup(v);
@@ -217,6 +289,7 @@ int args_parse(int argc, char **argv, struct fs_args *a, char *err,
 	       size_t errlen)
 {
 	const char *pos[2];
+	struct opt_seen seen = { 0 };
 	int npos = 0, rc;
 
 	memset(a, 0, sizeof(*a));
@@ -244,7 +317,7 @@ int args_parse(int argc, char **argv, struct fs_args *a, char *err,
 				snprintf(err, errlen, "-o needs options");
 				return -EINVAL;
 			}
-			rc = parse_opts(opts, a, err, errlen);
+			rc = parse_opts(opts, a, &seen, err, errlen);
 			free(opts);
 			if (rc)
 				return rc;

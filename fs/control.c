@@ -39,6 +39,8 @@ static char *status_text(struct fs *fs)
 	char *head, *out;
 	size_t n = 0, len;
 
+	int64_t horizon = sync_horizon(fs->sync);
+
 	sync_status(fs->sync, &head);
 	len = strlen(head);
 	out = head;
@@ -66,10 +68,21 @@ static char *status_text(struct fs *fs)
 					 "%Y-%m-%d %H:%M:%S", &tm);
 				snprintf(state, sizeof(state),
 					 "failed: %s (%s)", fst.error, when);
+			} else if (f[i].low_uid == 1) {
+				snprintf(state, sizeof(state), "complete");
+			} else if (horizon && f[i].complete_since &&
+				   f[i].complete_since <= horizon) {
+				/* what is older waits for grow FOLDER */
+				struct tm tm;
+				time_t t = (time_t)f[i].complete_since;
+				char day[16];
+
+				gmtime_r(&t, &tm);
+				strftime(day, sizeof(day), "%Y-%m-%d", &tm);
+				snprintf(state, sizeof(state),
+					 "complete since %s", day);
 			} else {
-				snprintf(state, sizeof(state), "%s",
-					 f[i].low_uid == 1 ? "complete"
-							   : "learning");
+				snprintf(state, sizeof(state), "learning");
 			}
 			/* known/total: what the store holds of what the
 			 * server had at the last look */

@@ -31,7 +31,8 @@ struct stmt_def {
 
 #define FOLDER_COLUMNS                                                     \
 	"id, name, display, delim, role, noselect, uidvalidity, uidnext, " \
-	"low_uid, highestmodseq, last_refresh, mailboxid FROM folders "
+	"low_uid, highestmodseq, last_refresh, mailboxid, "                \
+	"coalesce(complete_since, 0) FROM folders "
 
 #define CONV_COLUMNS \
 	"id, subject, first_date, first_zone, last_date, count FROM conversations "
@@ -71,8 +72,8 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"(SELECT umid FROM messages WHERE folder = ?1) RETURNING umid" },
 	[ST_FOLDER_SET_SYNC] = { "folder_set_sync",
 		"UPDATE folders SET uidvalidity = ?2, uidnext = ?3, "
-		"low_uid = ?4, highestmodseq = ?5, last_refresh = ?6 "
-		"WHERE id = ?1" },
+		"low_uid = ?4, highestmodseq = ?5, last_refresh = ?6, "
+		"complete_since = ?7 WHERE id = ?1" },
 	[ST_FOLDER_COUNT] = { "folder_count",
 		"SELECT count(*) FROM messages WHERE folder = ?1 AND uid > 0" },
 	[ST_FLAGSET_ADD] = { "flagset_add",
@@ -230,6 +231,9 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"role = ?4, noselect = ?5 WHERE id = ?6" },
 	[ST_FOLDER_SET_MAILBOXID] = { "folder_set_mailboxid",
 		"UPDATE folders SET mailboxid = ?2 WHERE id = ?1" },
+	[ST_MSG_DATES_FROM] = { "msg_dates_from",
+		"SELECT date FROM messages WHERE folder = ?1 AND uid > 0 "
+		"AND date >= ?2 ORDER BY date LIMIT ?3" },
 };
 /* clang-format on */
 

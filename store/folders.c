@@ -33,6 +33,7 @@ static void folder_from_row(sqlite3_stmt *st, struct store_folder *f)
 	f->highestmodseq = (uint64_t)sqlite3_column_int64(st, 9);
 	f->last_refresh = sqlite3_column_int64(st, 10);
 	f->mailboxid = store_column_strdup(st, 11);
+	f->complete_since = sqlite3_column_int64(st, 12);
 }
 
 /* what LIST says of @f into ?1..?5 (name, display, delim, role,
@@ -182,9 +183,7 @@ out:
 	return store_tx_end(s, own, rc);
 }
 
-int store_folder_set_sync(struct store *s, int64_t id, uint32_t uidvalidity,
-			  uint32_t uidnext, uint32_t low_uid,
-			  uint64_t highestmodseq)
+int store_folder_set_sync(struct store *s, const struct store_folder *f)
 {
 	sqlite3_stmt *st;
 	int rc;
@@ -192,14 +191,15 @@ int store_folder_set_sync(struct store *s, int64_t id, uint32_t uidvalidity,
 	rc = store_prepare(s, ST_FOLDER_SET_SYNC, &st);
 	if (rc)
 		return rc;
-	sqlite3_bind_int64(st, 1, id);
-	sqlite3_bind_int64(st, 2, uidvalidity);
-	sqlite3_bind_int64(st, 3, uidnext);
-	sqlite3_bind_int64(st, 4, low_uid);
+	sqlite3_bind_int64(st, 1, f->id);
+	sqlite3_bind_int64(st, 2, f->uidvalidity);
+	sqlite3_bind_int64(st, 3, f->uidnext);
+	sqlite3_bind_int64(st, 4, f->low_uid);
 	/* RFC 7162 §7: mod-sequences fit in 63 bits */
-	sqlite3_bind_int64(st, 5, (int64_t)highestmodseq);
+	sqlite3_bind_int64(st, 5, (int64_t)f->highestmodseq);
 	/* a bookmark is written when a refresh step completed */
 	sqlite3_bind_int64(st, 6, (int64_t)time(NULL));
+	sqlite3_bind_int64(st, 7, f->complete_since);
 	rc = sqlite3_step(st);
 	if (rc != SQLITE_DONE)
 		rc = store_fail(s, ST_FOLDER_SET_SYNC, rc);

@@ -496,3 +496,34 @@ int store_msg_uids_from(struct store *s, int64_t folder, uint32_t from,
 	*n = len;
 	return 0;
 }
+
+int store_msg_dates_from(struct store *s, int64_t folder, int64_t since,
+			 size_t max, int64_t **dates, size_t *n)
+{
+	int64_t *v;
+	size_t len = 0;
+	sqlite3_stmt *st;
+	int rc;
+
+	*dates = NULL;
+	*n = 0;
+	rc = store_prepare(s, ST_MSG_DATES_FROM, &st);
+	if (rc)
+		return rc;
+	v = xmalloc((max ? max : 1) * sizeof(*v));
+	sqlite3_bind_int64(st, 1, folder);
+	sqlite3_bind_int64(st, 2, since);
+	sqlite3_bind_int64(st, 3, (int64_t)max);
+	while (len < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
+		v[len++] = sqlite3_column_int64(st, 0);
+	if (len < max && rc != SQLITE_DONE) {
+		rc = store_fail(s, ST_MSG_DATES_FROM, rc);
+		store_done(st);
+		free(v);
+		return rc;
+	}
+	store_done(st);
+	*dates = v;
+	*n = len;
+	return 0;
+}

@@ -239,6 +239,17 @@ static const char *const migrations[] = {
 	"ALTER TABLE messages ADD COLUMN emailid TEXT;"
 	"CREATE INDEX messages_orphans ON messages (date, size) WHERE uid < 0;"
 	"ALTER TABLE folders ADD COLUMN mailboxid TEXT;",
+
+	/*
+	 * 5: folders learned by date. complete_since, which version 1 made
+	 * and nothing wrote since, is the Unix time from which every
+	 * message of the folder is in the store whatever its UID (growth
+	 * by SEARCH SINCE learns mail below low_uid out of UID order); 0
+	 * when nothing is known by date. SQLite cannot give an existing
+	 * column a default, so every row starts at 0 and every writer
+	 * sets it (readers also take NULL as 0).
+	 */
+	"UPDATE folders SET complete_since = 0;",
 };
 /* clang-format on */
 

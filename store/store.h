@@ -37,6 +37,10 @@ struct store_folder {
 	uint32_t uidnext;
 	uint32_t low_uid;
 	uint64_t highestmodseq;
+	/* every message of the folder dated (INTERNALDATE) at or after this
+	 * Unix time is in the store, whatever its UID: what growth by date
+	 * learned below low_uid; 0 when nothing is known by date */
+	int64_t complete_since;
 	int64_t last_refresh; /* Unix time of the last completed refresh */
 	char *mailboxid; /* owned, may be NULL: RFC 8474 MAILBOXID */
 };
@@ -112,12 +116,12 @@ void store_folder_list_free(struct store_folder *f, size_t n);
 int store_folder_delete(struct store *s, int64_t id);
 
 /*
- * store_folder_set_sync - the bookmark: write it in the same transaction
- * as the messages it covers, so a crash redoes work but never skips it.
+ * store_folder_set_sync - the bookmark (@f's uidvalidity, uidnext,
+ * low_uid, highestmodseq and complete_since, for folder @f->id): write
+ * it in the same transaction as the messages it covers, so a crash
+ * redoes work but never skips it. -ENOENT if there is no such folder.
  */
-int store_folder_set_sync(struct store *s, int64_t id, uint32_t uidvalidity,
-			  uint32_t uidnext, uint32_t low_uid,
-			  uint64_t highestmodseq);
+int store_folder_set_sync(struct store *s, const struct store_folder *f);
 
 /* store_folder_count - number of messages of folder @id in the store. */
 int store_folder_count(struct store *s, int64_t id, uint64_t *n);
@@ -180,6 +184,15 @@ int store_msg_uids(struct store *s, int64_t folder, uint32_t lo, uint32_t hi,
  */
 int store_msg_uids_from(struct store *s, int64_t folder, uint32_t from,
 			uint32_t below, size_t max, uint32_t **uids, size_t *n);
+
+/*
+ * store_msg_dates_from - the INTERNALDATEs of up to @max messages of
+ * @folder dated at or after @since, earliest first, as a malloc'ed
+ * array (free() it): how densely a folder's mail lies in time just
+ * after a date, for growth by date to size its next step.
+ */
+int store_msg_dates_from(struct store *s, int64_t folder, int64_t since,
+			 size_t max, int64_t **dates, size_t *n);
 
 /* ---- identity: orphans and adoption (orphans.c) ----
  *

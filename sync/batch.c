@@ -197,7 +197,10 @@ static int put_new(struct batch *b, struct batch_msg *bm, bool orphans,
 	return rc;
 }
 
-/* a known message's flags; unknown UIDs are new mail, not ours here */
+/* a known message's flags. A UID not in the store is left alone: new
+ * mail, or older mail not learned yet (flag checks cover every known
+ * UID, and the ranges between those learned by date hold unknown ones,
+ * some past the horizon), which only growth may store */
 static int put_flags(struct batch *b, struct batch_msg *bm, struct told *t)
 {
 	struct store_msg m = { 0 };
@@ -288,9 +291,7 @@ int batch_write(struct batch *b, bool bookmark)
 	for (size_t i = 0; !rc && i < b->ngone; i++)
 		rc = put_gone(b, b->gone[i], &t);
 	if (!rc && bookmark)
-		rc = store_folder_set_sync(b->s->st, f->id, f->uidvalidity,
-					   f->uidnext, f->low_uid,
-					   f->highestmodseq);
+		rc = store_folder_set_sync(b->s->st, f);
 	if (!rc)
 		rc = store_commit(b->s->st);
 	if (rc) {

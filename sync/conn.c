@@ -300,6 +300,8 @@ static unsigned conn_probe_caps(mailimap *imap)
 		caps |= CAP_ENABLE;
 	if (mailimap_has_extension(imap, "OBJECTID"))
 		caps |= CAP_OBJECTID;
+	if (mailimap_has_extension(imap, "NOTIFY"))
+		caps |= CAP_NOTIFY;
 	return caps;
 }
 

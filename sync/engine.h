@@ -43,6 +43,26 @@ struct fetcher {
 	long long retry_at_ms; /* no new connection before */
 };
 
+/* how changes on the server reach us */
+enum push_mode {
+	PUSH_POLL, /* polls alone (no IDLE, or the watcher is away) */
+	PUSH_IDLE, /* the watcher is in IDLE on INBOX */
+	PUSH_NOTIFY, /* the watcher has NOTIFY on every folder */
+};
+
+struct watcher {
+	pthread_t thread;
+	bool started;
+	int wake[2]; /* a pipe: a byte written wakes it from IDLE */
+	long long idle_ms; /* longest IDLE before DONE and a new one */
+	/* the watcher thread's alone */
+	struct conn *conn;
+	unsigned fails; /* connections in a row that made no progress */
+	bool progress; /* this connection ended an IDLE well */
+	long long retry_at_ms;
+	enum push_mode mode; /* guarded by sync's lock */
+};
+
 /* a folder to refresh ahead of the rounds: asked for by the user, or
  * pushed by the server through the watcher */
 struct asked_folder {
@@ -98,10 +118,13 @@ struct sync {
 	size_t nnotes;
 	struct asked_folder *asked; /* for the sync thread to queue */
 	size_t nasked;
+	bool poll_asked; /* the watcher missed pushes: look at all */
+	size_t nfolders; /* selectable folders at the last list */
 	struct fetch_req *queue; /* pending and running body requests */
 	long long fetch_progress_ms; /* last time any fetcher made progress */
 
 	struct fetcher fetchers[FETCHERS];
+	struct watcher watch;
 
 	sync_changed_fn *changed;
 	void *changed_aux;
@@ -127,6 +150,16 @@ void sync_batch_failed(struct sync *s);
 /* sync_push - the server says folder @name (raw) changed: refresh it
  * soon, ahead of the round. Thread: any (the watcher). */
 void sync_push(struct sync *s, const char *name);
+/* sync_poll_now - pushes may have been missed: a poll round soon.
+ * Thread: any. */
+void sync_poll_now(struct sync *s);
+/* sync_watched - the watcher reports changes of folder @name now (by
+ * NOTIFY), so a poll need not ask about it. Thread: any. */
+bool sync_watched(struct sync *s, const char *name);
+
+/* sync_settled - folder @f needs no growth: complete, or complete down
+ * to the configured horizon */
+bool sync_settled(const struct sync *s, const struct store_folder *f);
 
 /* per-folder notes for the status file */
 void sync_note_total(struct sync *s, int64_t folder, uint32_t total);
@@ -143,10 +176,12 @@ long long sync_backoff_ms(unsigned fails);
  * confirmed gone (STATUS) before its rows go, INBOX never goes, and a
  * folder that vanished while one with its UIDVALIDITY appeared was
  * renamed (it keeps its id, so its files keep their inodes). Notifies
- * SYNC_FOLDERS on change. Returns an enum imap_grade or -errno of the
+ * SYNC_FOLDERS on change. For a @poll without LIST-STATUS, the STATUS
+ * of every folder the watcher does not cover is pipelined with the
+ * LIST: one round trip. Returns an enum imap_grade or -errno of the
  * store.
  */
-int sync_folders(struct sync *s);
+int sync_folders(struct sync *s, bool poll);
 
 /*
  * refresh.c: bring what we know of folder @f up to date: EXAMINE, a new
@@ -235,6 +270,10 @@ int batch_save_bookmark(struct sync *s, struct store_folder *f);
  * -ECANCELED, -ENOTCONN (the connection broke) or -EREMOTE (the server
  * refused, for this folder) */
 int sync_grade_errno(int grade);
+
+/* watch.c: the watcher thread and its connection */
+int watch_start(struct sync *s);
+void watch_stop(struct sync *s);
 
 /* fetch.c: body fetchers */
 int fetch_start(struct sync *s);

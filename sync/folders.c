@@ -57,7 +57,44 @@ static void to_folder(const struct imap_mailbox *mb, struct store_folder *f,
 		f->display = (char *)"INBOX";
 }
 
-int sync_folders(struct sync *s)
+/* the folders a poll asks STATUS of: known, selectable, not watched */
+static void poll_names(struct sync *s, char ***names, size_t *n)
+{
+	struct store_folder *f = NULL;
+	size_t nf = 0;
+
+	*names = NULL;
+	*n = 0;
+	if (store_folder_list(s->st, &f, &nf))
+		return;
+	*names = xcalloc(nf + 1, sizeof(**names));
+	for (size_t i = 0; i < nf; i++)
+		if (!f[i].noselect && conn_name_ok(f[i].name) &&
+		    !sync_watched(s, f[i].name))
+			(*names)[(*n)++] = xstrdup(f[i].name);
+	store_folder_list_free(f, nf);
+}
+
+static int list_folders(struct sync *s, bool poll, struct imap_mailbox **mbs,
+			size_t *nmb)
+{
+	char **names;
+	size_t n;
+	int g;
+
+	if (s->conn->caps & CAP_LIST_STATUS)
+		return imap_list_status(s->conn, mbs, nmb);
+	if (!poll)
+		return imap_list(s->conn, mbs, nmb);
+	poll_names(s, &names, &n);
+	g = imap_list_with_status(s->conn, names, n, mbs, nmb);
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	return g;
+}
+
+int sync_folders(struct sync *s, bool poll)
 {
 	struct store_folder *old = NULL;
 	struct imap_mailbox *mbs = NULL;
@@ -67,9 +104,7 @@ int sync_folders(struct sync *s)
 	bool any_gone = false;
 	int rc, g;
 
-	g = s->conn->caps & CAP_LIST_STATUS ?
-		    imap_list_status(s->conn, &mbs, &nmb) :
-		    imap_list(s->conn, &mbs, &nmb);
+	g = list_folders(s, poll, &mbs, &nmb);
 	if (g)
 		return g == IMAP_CONN_BAD ? -ENOTCONN : -EREMOTE;
 	rc = store_folder_list(s->st, &old, &nold);

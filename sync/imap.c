@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "common.h"
+#include "imap_i.h"
 
 /* ---- RFC 8474 OBJECTID: EMAILID in FETCH, MAILBOXID in STATUS ---- */
 
@@ -513,6 +514,11 @@ static struct mailimap_fetch_type *fetch_type(const struct conn *c,
 						   mailimap_fetch_att_new_uid());
 	if (items == IMAP_ITEMS_UID)
 		return ft;
+	if (items == IMAP_ITEMS_DATE) {
+		mailimap_fetch_type_new_fetch_att_list_add(
+			ft, mailimap_fetch_att_new_internaldate());
+		return ft;
+	}
 	mailimap_fetch_type_new_fetch_att_list_add(
 		ft, mailimap_fetch_att_new_flags());
 	if (items == IMAP_ITEMS_FLAGS)
@@ -557,11 +563,11 @@ static void take_vanished(struct imap_fetch *f, struct mailimap_set *set)
 	}
 }
 
-int imap_fetch(struct conn *c, struct imap_fetch *f)
+/* one FETCH of @set (freed here) as @f asks */
+static int fetch_of_set(struct conn *c, struct imap_fetch *f,
+			struct mailimap_set *set)
 {
 	struct mailimap_fetch_type *ft = fetch_type(c, f->items);
-	struct mailimap_set *set =
-		mailimap_set_new_interval(f->first, f->last);
 	struct mailimap_qresync_vanished *van = NULL;
 	struct fetch_ctx ctx = { .f = f };
 	clist *result = NULL;
@@ -598,6 +604,11 @@ int imap_fetch(struct conn *c, struct imap_fetch *f)
 	return IMAP_OK;
 }
 
+int imap_fetch(struct conn *c, struct imap_fetch *f)
+{
+	return fetch_of_set(c, f, mailimap_set_new_interval(f->first, f->last));
+}
+
 void imap_fetch_release(struct imap_fetch *f)
 {
 	free(f->vanished);
@@ -605,49 +616,7 @@ void imap_fetch_release(struct imap_fetch *f)
 	f->nvanished = 0;
 }
 
-/* ---- UID SEARCH ---- */
-
-int imap_uid_search(struct conn *c, uint32_t lo, uint32_t hi, uint32_t **uids,
-		    size_t *n)
-{
-	struct mailimap_search_key *key;
-	clist *result = NULL;
-	uint32_t *v;
-	size_t k = 0;
-	int rc;
-
-	*uids = NULL;
-	*n = 0;
-	key = mailimap_search_key_new_uid(mailimap_set_new_interval(lo, hi));
-	rc = mailimap_uid_search(c->imap, NULL, key, &result);
-	mailimap_search_key_free(key);
-	if (rc != MAILIMAP_NO_ERROR)
-		return grade(c, rc, "search folder");
-	v = xmalloc((clist_count(result) + 1) * sizeof(*v));
-	for (clistiter *it = clist_begin(result); it; it = clist_next(it)) {
-		uint32_t u = *(uint32_t *)clist_content(it);
-
-		/* "n:m" also matches the highest UID when it is below n */
-		if (u >= lo && u <= hi)
-			v[k++] = u;
-	}
-	mailimap_search_result_free(result);
-	*uids = v;
-	*n = k;
-	return IMAP_OK;
-}
-
 /* ---- commands libetpan has no builder for (LIBETPAN.md §13.1) ---- */
-
-/* exported by libetpan.so, declared in headers it does not install */
-int mailimap_token_send(mailstream *fd, const char *token);
-int mailimap_space_send(mailstream *fd);
-int mailimap_crlf_send(mailstream *fd);
-int mailimap_mailbox_send(mailstream *fd, const char *mb);
-int mailimap_response_parse(mailstream *fd, MMAPString *buf,
-			    struct mailimap_parser_context *ctx, size_t *indx,
-			    struct mailimap_response **result,
-			    size_t progr_rate, progress_function *progr_fun);
 
 /*
  * raw - send "<tag> @verb @mailbox @rest" (the mailbox quoted as
@@ -694,6 +663,23 @@ static int raw(struct conn *c, const char *verb, const char *mailbox,
 						   : MAILIMAP_ERROR_EXTENSION;
 }
 
+/* for the other files of the IMAP layer (imap_i.h) */
+int imap_raw_send(struct conn *c, const char *verb, const char *mailbox,
+		  const char *rest)
+{
+	return raw_send(c, verb, mailbox, rest);
+}
+
+int imap_grade(struct conn *c, int rc, const char *what)
+{
+	return grade(c, rc, what);
+}
+
+void imap_read_status(clist *info, struct imap_box *out)
+{
+	read_status_info(info, out);
+}
+
 int imap_mailboxid(struct conn *c, const char *name, char **id)
 {
 	struct mailimap_response_info *ri;
@@ -731,58 +717,18 @@ int imap_mailboxid(struct conn *c, const char *name, char **id)
 }
 
 /*
- * LIST-STATUS (RFC 5819): the folder list and every folder's STATUS in
- * one round trip. libetpan's store step keeps only the last STATUS of
- * a reply, so the reply is parsed with the lower-level parser and read
- * from the tree it returns (LIBETPAN.md §13.1 "raw_keep"); the session's
- * own state is not touched, which LIST and STATUS do not need.
+ * imap_collect_list - the LIST lines of reply @rsp appended to *@v
+ * (*@k of *@cap used; duplicates dropped), then each STATUS line given
+ * to its folder (has_status).
  */
-int imap_list_status(struct conn *c, struct imap_mailbox **out, size_t *n)
+void imap_collect_list(struct mailimap_response *rsp, struct imap_mailbox **vp,
+		       size_t *kp, size_t *capp)
 {
-	struct mailimap_parser_context *pc;
-	struct mailimap_response *rsp = NULL;
-	struct mailimap_response_tagged *tagged;
-	struct imap_mailbox *v = NULL;
-	size_t k = 0, cap = 0, indx = 0;
-	char tag[16];
-	int r;
+	struct imap_mailbox *v = *vp;
+	size_t k = *kp, cap = *capp;
 
-	*out = NULL;
-	*n = 0;
-	r = raw_send(c,
-		     c->caps & CAP_CONDSTORE ?
-			     "LIST \"\" \"*\" RETURN (STATUS (MESSAGES UIDNEXT "
-			     "UIDVALIDITY HIGHESTMODSEQ))" :
-			     "LIST \"\" \"*\" RETURN (STATUS (MESSAGES UIDNEXT "
-			     "UIDVALIDITY))",
-		     NULL, NULL);
-	if (!r) {
-		pc = mailimap_parser_context_new(c->imap);
-		if (!pc)
-			return grade(c, MAILIMAP_ERROR_MEMORY, "list folders");
-		r = mailimap_response_parse(c->imap->imap_stream,
-					    c->imap->imap_stream_buffer, pc,
-					    &indx, &rsp, 0, NULL);
-		mailimap_parser_context_free(pc);
-	}
-	if (r)
-		return grade(c, r, "list folders with their status");
-	snprintf(tag, sizeof(tag), "%d", c->imap->imap_tag);
-	tagged = rsp->rsp_resp_done &&
-				 rsp->rsp_resp_done->rsp_type ==
-					 MAILIMAP_RESP_DONE_TYPE_TAGGED ?
-			 rsp->rsp_resp_done->rsp_data.rsp_tagged :
-			 NULL;
-	if (!tagged || strcmp(tagged->rsp_tag, tag)) {
-		mailimap_response_free(rsp);
-		/* the reply does not answer us: the session is lost */
-		return grade(c, MAILIMAP_ERROR_PARSE, "list folders");
-	}
-	if (tagged->rsp_cond_state->rsp_type != MAILIMAP_RESP_COND_STATE_OK) {
-		mailimap_response_free(rsp);
-		return grade(c, MAILIMAP_ERROR_LIST, "list folders");
-	}
-	/* the LIST lines first, then each STATUS to its folder */
+	if (!rsp->rsp_cont_req_or_resp_data_list)
+		return; /* nothing came before the tagged reply */
 	for (int pass = 0; pass < 2; pass++) {
 		for (clistiter *it = clist_begin(rsp->rsp_cont_req_or_resp_data_list);
 		     it; it = clist_next(it)) {
@@ -837,6 +783,64 @@ int imap_list_status(struct conn *c, struct imap_mailbox **out, size_t *n)
 			}
 		}
 	}
+	*vp = v;
+	*kp = k;
+	*capp = cap;
+}
+
+/*
+ * LIST-STATUS (RFC 5819): the folder list and every folder's STATUS in
+ * one round trip. libetpan's store step keeps only the last STATUS of
+ * a reply, so the reply is parsed with the lower-level parser and read
+ * from the tree it returns (LIBETPAN.md §13.1 "raw_keep"); the session's
+ * own state is not touched, which LIST and STATUS do not need.
+ */
+int imap_list_status(struct conn *c, struct imap_mailbox **out, size_t *n)
+{
+	struct mailimap_parser_context *pc;
+	struct mailimap_response *rsp = NULL;
+	struct mailimap_response_tagged *tagged;
+	struct imap_mailbox *v = NULL;
+	size_t k = 0, cap = 0, indx = 0;
+	char tag[16];
+	int r;
+
+	*out = NULL;
+	*n = 0;
+	r = raw_send(c,
+		     c->caps & CAP_CONDSTORE ?
+			     "LIST \"\" \"*\" RETURN (STATUS (MESSAGES UIDNEXT "
+			     "UIDVALIDITY HIGHESTMODSEQ))" :
+			     "LIST \"\" \"*\" RETURN (STATUS (MESSAGES UIDNEXT "
+			     "UIDVALIDITY))",
+		     NULL, NULL);
+	if (!r) {
+		pc = mailimap_parser_context_new(c->imap);
+		if (!pc)
+			return grade(c, MAILIMAP_ERROR_MEMORY, "list folders");
+		r = mailimap_response_parse(c->imap->imap_stream,
+					    c->imap->imap_stream_buffer, pc,
+					    &indx, &rsp, 0, NULL);
+		mailimap_parser_context_free(pc);
+	}
+	if (r)
+		return grade(c, r, "list folders with their status");
+	snprintf(tag, sizeof(tag), "%d", c->imap->imap_tag);
+	tagged = rsp->rsp_resp_done &&
+				 rsp->rsp_resp_done->rsp_type ==
+					 MAILIMAP_RESP_DONE_TYPE_TAGGED ?
+			 rsp->rsp_resp_done->rsp_data.rsp_tagged :
+			 NULL;
+	if (!tagged || strcmp(tagged->rsp_tag, tag)) {
+		mailimap_response_free(rsp);
+		/* the reply does not answer us: the session is lost */
+		return grade(c, MAILIMAP_ERROR_PARSE, "list folders");
+	}
+	if (tagged->rsp_cond_state->rsp_type != MAILIMAP_RESP_COND_STATE_OK) {
+		mailimap_response_free(rsp);
+		return grade(c, MAILIMAP_ERROR_LIST, "list folders");
+	}
+	imap_collect_list(rsp, &v, &k, &cap);
 	mailimap_response_free(rsp);
 	*out = v ? v : xcalloc(1, sizeof(*v));
 	*n = k;
@@ -933,4 +937,149 @@ int imap_fetch_body(struct conn *c, uint32_t uid,
 		return IMAP_OK;
 	/* our handler stopped the reply half-read: the session is lost */
 	return grade(c, rc, "fetch a body");
+}
+
+/* ---- UID sets and searches by date (growth, and checks of every
+ * known UID however scattered) ---- */
+
+/* bytes of "@a" or "@a:@b" and the comma after it */
+static size_t range_text(uint32_t a, uint32_t b)
+{
+	char buf[32];
+
+	return (size_t)(a == b ? snprintf(buf, sizeof(buf), "%u,", a)
+			       : snprintf(buf, sizeof(buf), "%u:%u,", a, b));
+}
+
+size_t imap_uid_ranges(const uint32_t *uids, size_t n, uint32_t merge_from,
+		       size_t max_text, struct imap_uid_range *out,
+		       size_t *nout)
+{
+	size_t i, k = 0, text = 0;
+
+	for (i = 0; i < n; i++) {
+		uint32_t u = uids[i];
+		size_t was, now;
+
+		if (k && (u == out[k - 1].last + 1 ||
+			  (out[k - 1].last >= merge_from && u >= merge_from))) {
+			/* growing the last range changes its text only */
+			was = range_text(out[k - 1].first, out[k - 1].last);
+			now = range_text(out[k - 1].first, u);
+			if (text - was + now > max_text)
+				break;
+			text = text - was + now;
+			out[k - 1].last = u;
+			continue;
+		}
+		now = range_text(u, u);
+		if (k && text + now > max_text)
+			break;
+		text += now;
+		out[k].first = out[k].last = u;
+		k++;
+	}
+	*nout = k;
+	return i;
+}
+
+static struct mailimap_set *set_of(const struct imap_uid_range *v, size_t n)
+{
+	struct mailimap_set *set = mailimap_set_new_empty();
+
+	for (size_t i = 0; i < n; i++)
+		mailimap_set_add_interval(set, v[i].first, v[i].last);
+	return set;
+}
+
+int imap_fetch_set(struct conn *c, struct imap_fetch *f,
+		   const struct imap_uid_range *v, size_t n)
+{
+	f->cb_rc = 0;
+	f->count = 0;
+	if (!n)
+		return IMAP_OK;
+	/* a set names the messages wanted: nothing conditional */
+	f->changedsince = 0;
+	f->want_vanished = false;
+	return fetch_of_set(c, f, set_of(v, n));
+}
+
+/* the day of Unix time @t (UTC) as a SEARCH date */
+static struct mailimap_date *search_day(int64_t t)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	gmtime_r(&tt, &tm);
+	return mailimap_date_new(tm.tm_mday, tm.tm_mon + 1, tm.tm_year + 1900);
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static bool in_ranges(const struct imap_uid_range *v, size_t n, uint32_t u)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (u < v[mid].first)
+			hi = mid;
+		else if (u > v[mid].last)
+			lo = mid + 1;
+		else
+			return true;
+	}
+	return false;
+}
+
+int imap_uid_search_set(struct conn *c, const struct imap_uid_range *v,
+			size_t n, int64_t since, int64_t before,
+			uint32_t **uids, size_t *nuids)
+{
+	struct mailimap_search_key *key;
+	clist *result = NULL;
+	uint32_t *out;
+	size_t k = 0;
+	int rc;
+
+	*uids = NULL;
+	*nuids = 0;
+	if (!n)
+		return IMAP_OK;
+	key = mailimap_search_key_new_multiple_empty();
+	mailimap_search_key_multiple_add(
+		key, mailimap_search_key_new_uid(set_of(v, n)));
+	if (since > 0)
+		mailimap_search_key_multiple_add(
+			key,
+			mailimap_search_key_new_since(search_day(since)));
+	if (before > 0)
+		mailimap_search_key_multiple_add(
+			key,
+			mailimap_search_key_new_before(search_day(before)));
+	rc = mailimap_uid_search(c->imap, NULL, key, &result);
+	mailimap_search_key_free(key);
+	if (rc != MAILIMAP_NO_ERROR)
+		return grade(c, rc, "search folder");
+	out = xmalloc((clist_count(result) + 1) * sizeof(*out));
+	for (clistiter *it = clist_begin(result); it; it = clist_next(it)) {
+		uint32_t u = *(uint32_t *)clist_content(it);
+
+		/* only what was asked: a server may add the highest UID */
+		if (in_ranges(v, n, u))
+			out[k++] = u;
+	}
+	mailimap_search_result_free(result);
+	/* RFC 3501 does not promise an order */
+	qsort(out, k, sizeof(*out), cmp_u32);
+	*uids = out;
+	*nuids = k;
+	return IMAP_OK;
 }

@@ -2,10 +2,12 @@
  * refresh.c - refresh(folder), DESIGN §4: what changed on the server in
  * a folder we know. New mail by UIDNEXT first, then flag changes and
  * deletions of what we know: CONDSTORE's CHANGEDSINCE and QRESYNC's
- * VANISHED where offered, else bounded chunks of the known range. Every
- * command is bounded in length (UID sets are single ranges) and every
- * batch in memory; each is written with its bookmark in one short
- * transaction.
+ * VANISHED where offered, else bounded chunks of the known UIDs. Those
+ * are every UID of the folder in the store: the range [low_uid,
+ * uidnext) and whatever growth learned by date below it, scattered.
+ * Every command is bounded in length (UID sets of bounded text) and
+ * every batch in memory; each is written with its bookmark in one
+ * short transaction.
  */
 #define LOG_CAT "sync"
 #include "engine.h"
@@ -48,6 +50,23 @@ static int fetch_into(struct sync *s, struct batch *b, struct imap_fetch *f)
 	if (g == IMAP_CONN_BAD)
 		sync_batch_failed(s);
 	/* a part written as the reply came in may have failed */
+	if (g == IMAP_OK && f->cb_rc)
+		return f->cb_rc;
+	return sync_grade_errno(g);
+}
+
+/* fetch_into for a UID set of several ranges */
+static int fetch_set_into(struct sync *s, struct batch *b,
+			  struct imap_fetch *f, const struct imap_uid_range *v,
+			  size_t n)
+{
+	int g;
+
+	f->fn = batch_take;
+	f->ctx = b;
+	g = imap_fetch_set(s->conn, f, v, n);
+	if (g == IMAP_CONN_BAD)
+		sync_batch_failed(s);
 	if (g == IMAP_OK && f->cb_rc)
 		return f->cb_rc;
 	return sync_grade_errno(g);
@@ -149,12 +168,45 @@ static int fetch_new(struct sync *s, struct store_folder *f,
 	return rc;
 }
 
-/* known UIDs of @f in chunks: [*from, ...) up to @max of them */
+/*
+ * A chunk of the known UIDs of @f: up to @max of them from @from on,
+ * ascending, and the UID set that names them in a command of bounded
+ * length. Between two known UIDs below low_uid the server may hold
+ * mail we do not know (older than what growth learned by date), so
+ * only runs of consecutive UIDs are merged there; from low_uid on
+ * every UID is known and one range covers them all.
+ */
+struct known {
+	uint32_t *uids; /* malloc'ed */
+	size_t n; /* in the set */
+	struct imap_uid_range *set; /* malloc'ed */
+	size_t nset;
+	bool more; /* known UIDs are left after this chunk */
+};
+
 static int known_chunk(struct sync *s, struct store_folder *f, uint32_t from,
-		       size_t max, uint32_t **uids, size_t *n)
+		       size_t max, struct known *k)
 {
-	return store_msg_uids_from(s->st, f->id, from, f->uidnext, max, uids,
-				   n);
+	size_t got;
+	int rc;
+
+	memset(k, 0, sizeof(*k));
+	rc = store_msg_uids_from(s->st, f->id, from, f->uidnext, max, &k->uids,
+				 &got);
+	if (rc)
+		return rc;
+	k->set = xmalloc((got ? got : 1) * sizeof(*k->set));
+	k->n = imap_uid_ranges(k->uids, got,
+			       f->low_uid ? f->low_uid : UINT32_MAX,
+			       IMAP_SET_MAX_TEXT, k->set, &k->nset);
+	k->more = got == max || k->n < got;
+	return 0;
+}
+
+static void known_release(struct known *k)
+{
+	free(k->uids);
+	free(k->set);
 }
 
 static bool in_sorted(const uint32_t *v, size_t n, uint32_t x)
@@ -182,47 +234,58 @@ static int cmp_u32(const void *a, const void *b)
 }
 
 /*
- * Without CONDSTORE: the flags of the known range, a bounded chunk of
- * known UIDs per command (UID FETCH a:b (UID FLAGS)); a known UID the
- * reply leaves out is gone.
+ * Without CONDSTORE: the flags of every known message, a bounded chunk
+ * of known UIDs per command (UID FETCH <set> (UID FLAGS)); a known UID
+ * the reply leaves out is gone.
  */
 static int flags_by_chunks(struct sync *s, struct store_folder *f,
 			   struct job *j)
 {
-	uint32_t from = f->low_uid ? f->low_uid : 1;
+	uint32_t from = 1;
 	int rc = 0;
 
 	for (;;) {
-		size_t max = (size_t)s->batch * SYNC_FLAGS_PER_BATCH, n;
-		uint32_t *known, *got;
+		size_t max = (size_t)s->batch * SYNC_FLAGS_PER_BATCH;
 		struct imap_fetch q = { .by_uid = true,
 					.items = IMAP_ITEMS_FLAGS };
+		struct known k;
 		struct batch b;
+		uint32_t *got;
 
 		if (stop_now(s, j))
 			return -ECANCELED;
-		rc = known_chunk(s, f, from, max, &known, &n);
-		if (rc || !n) {
-			free(known);
+		rc = known_chunk(s, f, from, max, &k);
+		if (rc || !k.n) {
+			if (!rc)
+				known_release(&k);
 			return rc;
 		}
-		q.first = known[0];
-		q.last = known[n - 1];
 		batch_init(&b, s, f, BATCH_FLAGS);
-		rc = fetch_into(s, &b, &q);
+		rc = fetch_set_into(s, &b, &q, k.set, k.nset);
+		if (rc == -EREMOTE) {
+			/* imap4d answers BAD to a set naming a UID it no
+			 * longer has: one range over them all, as before
+			 * growth by date (replies for UIDs we do not know
+			 * are not ours, put_flags leaves them) */
+			struct imap_uid_range all = { k.uids[0],
+						      k.uids[k.n - 1] };
+
+			batch_release(&b);
+			batch_init(&b, s, f, BATCH_FLAGS);
+			rc = fetch_set_into(s, &b, &q, &all, 1);
+		}
 		if (!rc) {
 			got = b.seen;
 			qsort(got, b.nseen, sizeof(*got), cmp_u32);
-			for (size_t i = 0; i < n; i++)
-				if (!in_sorted(got, b.nseen, known[i]))
-					batch_gone(&b, known[i]);
+			for (size_t i = 0; i < k.n; i++)
+				if (!in_sorted(got, b.nseen, k.uids[i]))
+					batch_gone(&b, k.uids[i]);
 			rc = batch_write(&b, false);
 		}
 		batch_release(&b);
-		imap_fetch_release(&q);
-		from = known[n - 1] + 1;
-		free(known);
-		if (rc || n < max)
+		from = k.uids[k.n - 1] + 1;
+		known_release(&k);
+		if (rc || !k.more)
 			return rc;
 	}
 }
@@ -238,15 +301,25 @@ static int flags_changed_since(struct sync *s, struct store_folder *f,
 			       struct job *j)
 {
 	struct imap_fetch q = { .by_uid = true,
-				.first = f->low_uid ? f->low_uid : 1,
 				.last = f->uidnext - 1,
 				.items = IMAP_ITEMS_FLAGS,
 				.changedsince = f->highestmodseq,
 				.want_vanished = true };
+	uint32_t *lowest;
 	struct batch b;
+	size_t nlow;
 	int rc;
 
-	if (q.last < q.first)
+	/* from the lowest known UID, which growth by date may have put far
+	 * below low_uid; the unknown ones between come back only if they
+	 * changed, and are not ours to store */
+	rc = store_msg_uids_from(s->st, f->id, 1, f->uidnext, 1, &lowest,
+				 &nlow);
+	if (rc)
+		return rc;
+	q.first = nlow ? lowest[0] : 0;
+	free(lowest);
+	if (!nlow || q.last < q.first)
 		return 0;
 	batch_init(&b, s, f, BATCH_FLAGS);
 	rc = fetch_into(s, &b, &q);
@@ -280,45 +353,48 @@ static int flags_changed_since(struct sync *s, struct store_folder *f,
 }
 
 /*
- * Deletions without QRESYNC: UID SEARCH UID a:b over chunks of the
- * known range, diffed against the store.
+ * Deletions without QRESYNC: UID SEARCH UID <set> over chunks of the
+ * known UIDs, diffed against the store.
  */
 static int gone_by_search(struct sync *s, struct store_folder *f,
 			  struct job *j)
 {
-	uint32_t from = f->low_uid ? f->low_uid : 1;
+	uint32_t from = 1;
 	int rc = 0;
 
 	for (;;) {
-		size_t max = (size_t)s->batch * SYNC_FLAGS_PER_BATCH * 2, n, ns;
-		uint32_t *known, *have;
+		size_t max = (size_t)s->batch * SYNC_FLAGS_PER_BATCH * 2, ns;
+		uint32_t *have;
+		struct known k;
 		struct batch b;
 		int g;
 
 		if (stop_now(s, j))
 			return -ECANCELED;
-		rc = known_chunk(s, f, from, max, &known, &n);
-		if (rc || !n) {
-			free(known);
+		rc = known_chunk(s, f, from, max, &k);
+		if (rc || !k.n) {
+			if (!rc)
+				known_release(&k);
 			return rc;
 		}
-		g = imap_uid_search(s->conn, known[0], known[n - 1], &have, &ns);
+		g = imap_uid_search_set(s->conn, k.set, k.nset, 0, 0, &have,
+					&ns);
 		if (g) {
-			free(known);
+			known_release(&k);
 			if (g == IMAP_CONN_BAD)
 				sync_batch_failed(s);
 			return sync_grade_errno(g);
 		}
 		batch_init(&b, s, f, BATCH_FLAGS);
-		for (size_t i = 0; i < n; i++)
-			if (!in_sorted(have, ns, known[i]))
-				batch_gone(&b, known[i]);
+		for (size_t i = 0; i < k.n; i++)
+			if (!in_sorted(have, ns, k.uids[i]))
+				batch_gone(&b, k.uids[i]);
 		rc = batch_write(&b, false);
 		batch_release(&b);
 		free(have);
-		from = known[n - 1] + 1;
-		free(known);
-		if (rc || n < max)
+		from = k.uids[k.n - 1] + 1;
+		known_release(&k);
+		if (rc || !k.more)
 			return rc;
 	}
 }
@@ -341,10 +417,9 @@ static int new_uidvalidity(struct sync *s, struct store_folder *f,
 	f->uidvalidity = uidvalidity;
 	f->uidnext = f->low_uid = 0;
 	f->highestmodseq = 0;
+	f->complete_since = 0;
 	if (!rc)
-		rc = store_folder_set_sync(s->st, f->id, f->uidvalidity,
-					   f->uidnext, f->low_uid,
-					   f->highestmodseq);
+		rc = store_folder_set_sync(s->st, f);
 	if (!rc)
 		rc = store_commit(s->st);
 	if (rc)
@@ -392,6 +467,14 @@ int refresh_folder(struct sync *s, struct store_folder *f, struct job *j)
 			return batch_save_bookmark(s, f);
 		}
 		f->highestmodseq = box.highestmodseq;
+		f->complete_since = 0;
+		if (s->cfg.horizon && box.uidnext) {
+			/* the newest by sequence number may be older than
+			 * the horizon: growth learns this folder by date,
+			 * newest first, from the start */
+			f->uidnext = f->low_uid = box.uidnext;
+			return batch_save_bookmark(s, f);
+		}
 		f->uidnext = box.uidnext;
 		rc = refresh_seq_batch(s, f,
 				       box.exists > s->batch ?

@@ -69,7 +69,7 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 	}
 	/* the folder list is one round trip: have it before the mount
 	 * appears, so the tree is there at once on a first mount */
-	rc = sync_folders(s);
+	rc = sync_folders(s, false);
 	if (rc)
 		log_warn("cannot list folders yet: %s", strerror(-rc));
 	store_close(s->st);
@@ -155,6 +155,18 @@ long long sync_backoff_ms(unsigned fails)
 	if (d > 60000)
 		d = 60000;
 	return d + rand() % (d / 4 + 1);
+}
+
+bool sync_settled(const struct sync *s, const struct store_folder *f)
+{
+	return f->low_uid == 1 ||
+	       (s->cfg.horizon && f->complete_since &&
+		f->complete_since <= s->cfg.horizon);
+}
+
+int64_t sync_horizon(const struct sync *s)
+{
+	return s->cfg.horizon;
 }
 
 /* ---- per-folder notes for the status file ---- */
@@ -331,7 +343,7 @@ static int run_folder(struct job *j, void *arg)
 	} else {
 		rc = refresh_folder(s, &f, j);
 		note_result(s, f.id, "refresh", rc);
-		if (!rc && f.low_uid != 1)
+		if (!rc && !sync_settled(s, &f))
 			rc = submit_grow(s, j, fj);
 	}
 out:
@@ -356,13 +368,15 @@ static bool folder_moved(struct sync *s, const struct store_folder *f,
 	int g;
 
 	*rc = 0;
-	if (f->low_uid != 1 || !f->uidnext || !f->uidvalidity ||
+	if (!sync_settled(s, f) || !f->uidnext || !f->uidvalidity ||
 	    sync_folder_status(s, f->id, &fst) || fst.failed || !fst.has_total)
 		return true;
 	/* LIST-STATUS told it already, in the list's one round trip */
 	for (size_t i = 0; i < s->nlisted && !b; i++)
 		if (s->listed[i].has_status && !strcmp(s->listed[i].name, f->name))
 			b = &s->listed[i].box;
+	if (!b && sync_watched(s, f->name))
+		return false; /* the watcher reports its changes */
 	if (!b) {
 		g = imap_status(s->conn, f->name, &asked);
 		if (g == IMAP_CONN_BAD)
@@ -397,12 +411,17 @@ static int run_list(struct job *j, void *arg)
 
 	if (!s->conn || conn_is_broken(s->conn))
 		return -ENOTCONN;
-	rc = sync_folders(s);
+	rc = sync_folders(s, poll);
 	if (rc)
 		return rc;
 	rc = store_folder_list(s->st, &f, &n);
 	if (rc)
 		return rc;
+	pthread_mutex_lock(&s->lock);
+	s->nfolders = 0;
+	for (size_t i = 0; i < n; i++)
+		s->nfolders += !f[i].noselect;
+	pthread_mutex_unlock(&s->lock);
 	for (int pass = 0; pass < 2 && !rc; pass++) {
 		for (size_t i = 0; i < n && !rc; i++) {
 			struct folder_job *fj;
@@ -458,6 +477,28 @@ void sync_push(struct sync *s, const char *name)
 	ask(s, 0, name, false);
 }
 
+void sync_poll_now(struct sync *s)
+{
+	pthread_mutex_lock(&s->lock);
+	s->poll_asked = true;
+	pthread_mutex_unlock(&s->lock);
+	jobq_wake(s->jobs);
+}
+
+bool sync_watched(struct sync *s, const char *name)
+{
+	enum push_mode m;
+
+	/* IDLE on INBOX is not trusted alone: some servers (imap4d) accept
+	 * it and never say a word of other sessions' mail, so polls still
+	 * ask INBOX's STATUS, which costs no round trip of its own */
+	(void)name;
+	pthread_mutex_lock(&s->lock);
+	m = s->watch.mode;
+	pthread_mutex_unlock(&s->lock);
+	return m == PUSH_NOTIFY;
+}
+
 /* the id of the folder named @name (raw), or 0 */
 static int64_t folder_id_by_name(struct sync *s, const char *name)
 {
@@ -496,9 +537,17 @@ static void queue_asked(struct sync *s)
 		struct folder_job *fj;
 		int64_t id = v[i].id ? v[i].id : folder_id_by_name(s, v[i].name);
 
-		free(v[i].name);
-		if (!id)
+		if (!id) {
+			/* a folder the last list did not have: list again */
+			log_debug("push for unknown folder %s: a poll soon",
+				  v[i].name ? v[i].name : "?");
+			pthread_mutex_lock(&s->lock);
+			s->poll_asked = true;
+			pthread_mutex_unlock(&s->lock);
+			free(v[i].name);
 			continue;
+		}
+		free(v[i].name);
 		fj = xcalloc(1, sizeof(*fj));
 		fj->s = s;
 		fj->folder = id;
@@ -525,6 +574,7 @@ static void start_round(struct sync *s, bool full)
 	pthread_mutex_lock(&s->lock);
 	s->syncing = true;
 	s->refresh_asked = false;
+	s->poll_asked = false;
 	pthread_mutex_unlock(&s->lock);
 	rc = jobq_submit(s->jobs, NULL, "list", run_list, NULL, s, &s->round);
 	if (rc)
@@ -548,7 +598,7 @@ static void purge_orphans(struct sync *s)
 		size_t purged_n = 0;
 
 		/* a folder still being learned may yet find its own */
-		if (f[i].low_uid != 1)
+		if (!sync_settled(s, &f[i]))
 			continue;
 		if (!store_folder_purge_orphans(s->st, f[i].id, purged, s,
 						&purged_n) &&
@@ -672,15 +722,17 @@ static void *sync_main(void *arg)
 
 	thread_leftovers(s);
 	while (!sync_is_stopping(s)) {
-		bool asked;
+		bool asked, poll;
 		int r;
 
 		if (!s->conn && !reconnect(s))
 			break;
 		pthread_mutex_lock(&s->lock);
 		asked = s->refresh_asked;
+		poll = s->poll_asked;
 		pthread_mutex_unlock(&s->lock);
-		if (!s->round && (asked || now_ms() >= s->next_round_ms))
+		if (!s->round &&
+		    (asked || poll || now_ms() >= s->next_round_ms))
 			start_round(s, asked || !s->full_done);
 		queue_asked(s);
 		r = jobq_run_next(s->jobs, s->round ? 0 : 1000);
@@ -722,6 +774,10 @@ int sync_start(struct sync *s)
 		fetch_stop(s);
 		return -rc;
 	}
+	/* without a watcher, polls alone find changes: not fatal */
+	rc = watch_start(s);
+	if (rc)
+		log_warn("cannot start the watcher: %s", strerror(-rc));
 	s->started = true;
 	return 0;
 }
@@ -741,6 +797,7 @@ void sync_stop(struct sync *s)
 		pthread_join(s->thread, NULL);
 		s->started = false;
 	}
+	watch_stop(s);
 	fetch_stop(s);
 	conn_close(s->conn);
 	s->conn = NULL;
@@ -799,7 +856,9 @@ void sync_status(struct sync *s, char **text)
 {
 	enum conn_state cs, fs[FETCHERS];
 	bool syncing, done, failing = false;
-	char err[256], when[32] = "";
+	char err[256], when[32] = "", push[64];
+	enum push_mode pm;
+	size_t nfolders;
 	int64_t err_when;
 
 	pthread_mutex_lock(&s->lock);
@@ -812,7 +871,19 @@ void sync_status(struct sync *s, char **text)
 	err_when = s->last_error_when;
 	for (size_t i = 0; i < s->nnotes; i++)
 		failing |= s->notes[i].failed;
+	pm = s->watch.mode;
+	nfolders = s->nfolders;
+	/* work asked for with ctl, waiting or running, is syncing too */
+	syncing |= s->nasked > 0 || jobq_pending(s->jobs) > 0;
 	pthread_mutex_unlock(&s->lock);
+
+	if (pm == PUSH_NOTIFY)
+		snprintf(push, sizeof(push), "notify %zu folders", nfolders);
+	else if (pm == PUSH_IDLE)
+		snprintf(push, sizeof(push), "idle INBOX");
+	else
+		snprintf(push, sizeof(push), "polling every %u s",
+			 s->cfg.poll_interval);
 
 	if (err[0] && err_when) {
 		struct tm tm;
@@ -826,7 +897,7 @@ void sync_status(struct sync *s, char **text)
 			  "fetcher 1: %s\n"
 			  "fetcher 2: %s\n"
 			  "state: %s\n"
-			  "push: polling every %u s\n"
+			  "push: %s\n"
 			  "jobs pending: %zu\n"
 			  "logins: %llu\n"
 			  "headers fetched: %llu\n"
@@ -837,7 +908,7 @@ void sync_status(struct sync *s, char **text)
 			  syncing || !done	     ? "syncing"
 			  : failing || cs != CONN_ONLINE ? "failing"
 							 : "idle",
-			  s->cfg.poll_interval, jobq_pending(s->jobs),
+			  push, jobq_pending(s->jobs),
 			  (unsigned long long)atomic_load(&s->logins),
 			  (unsigned long long)atomic_load(&s->headers_fetched),
 			  (unsigned long long)atomic_load(&s->bodies_fetched),

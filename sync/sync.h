@@ -94,6 +94,9 @@ struct sync_folder_status {
 int sync_folder_status(struct sync *s, int64_t folder,
 		       struct sync_folder_status *out);
 
+/* sync_horizon - the configured horizon (Unix time), 0 for none */
+int64_t sync_horizon(const struct sync *s);
+
 /* sync_request_refresh - ask for a refresh of every folder now. */
 void sync_request_refresh(struct sync *s);
 

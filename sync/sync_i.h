@@ -57,6 +57,7 @@ enum conn_cap {
 	CAP_LIST_STATUS = 1 << 6,
 	CAP_ENABLE = 1 << 7,
 	CAP_OBJECTID = 1 << 8,
+	CAP_NOTIFY = 1 << 9,
 };
 
 struct conn {
@@ -180,6 +181,7 @@ enum imap_items {
 	IMAP_ITEMS_FLAGS, /* UID FLAGS */
 	IMAP_ITEMS_META, /* UID FLAGS INTERNALDATE RFC822.SIZE, the header
 			    fields naming and threading need, EMAILID */
+	IMAP_ITEMS_DATE, /* UID INTERNALDATE (growth's samples) */
 };
 
 struct imap_uid_range {
@@ -212,10 +214,41 @@ struct imap_fetch {
 int imap_fetch(struct conn *c, struct imap_fetch *f);
 void imap_fetch_release(struct imap_fetch *f);
 
-/* imap_uid_search - UID SEARCH UID @lo:@hi: the UIDs the server has in
- * that range, ascending, malloc'ed (free() it). */
-int imap_uid_search(struct conn *c, uint32_t lo, uint32_t hi, uint32_t **uids,
-		    size_t *n);
+/* the most a UID set of ours takes on the wire: a command stays well
+ * within the 8192 octets RFC 7162 §4 asks clients to keep to */
+#define IMAP_SET_MAX_TEXT 4000
+
+/*
+ * imap_uid_ranges - the first of the @n ascending UIDs @uids as ranges
+ * into @out (room for @n), as many as fit in @max_text bytes written
+ * as a set: runs of consecutive UIDs make one range, and so do UIDs at
+ * or above @merge_from across gaps (the caller knows every UID the
+ * server has there). Returns how many UIDs the ranges hold (at least
+ * one if @n is not 0), and their count in *@nout.
+ */
+size_t imap_uid_ranges(const uint32_t *uids, size_t n, uint32_t merge_from,
+		       size_t max_text, struct imap_uid_range *out,
+		       size_t *nout);
+
+/*
+ * imap_fetch_set - as imap_fetch, of the @n ranges @v (ascending, each
+ * first <= last, none '*') in one command: UIDs, or sequence numbers
+ * without @f->by_uid. @f's first and last are not used; changedsince
+ * and want_vanished are cleared.
+ */
+int imap_fetch_set(struct conn *c, struct imap_fetch *f,
+		   const struct imap_uid_range *v, size_t n);
+
+/*
+ * imap_uid_search_set - UID SEARCH UID <the @n ranges @v>, and SINCE
+ * the day of @since and BEFORE the day of @before (Unix times read in
+ * UTC; 0 leaves that bound out). The server compares INTERNALDATEs by
+ * day in its own time zone (RFC 3501 §6.4.4), so a caller leaves a day
+ * of margin. The UIDs found within @v, ascending, malloc'ed.
+ */
+int imap_uid_search_set(struct conn *c, const struct imap_uid_range *v,
+			size_t n, int64_t since, int64_t before,
+			uint32_t **uids, size_t *nuids);
 
 /*
  * imap_fetch_body - UID FETCH @uid BODY.PEEK[], the bytes streamed to
@@ -239,6 +272,51 @@ int imap_noop(struct conn *c);
 /* imap_has_input - bytes wait on an idle connection (a BYE, or the
  * server closed it): time to look with imap_noop. */
 bool imap_has_input(struct conn *c);
+
+/* ---- imap_poll.c: watching for change without SELECT ---- */
+
+/*
+ * imap_list_with_status - LIST "" "*" and a STATUS (MESSAGES UIDNEXT
+ * UIDVALIDITY, HIGHESTMODSEQ with CONDSTORE) of each of the @n folders
+ * @names, pipelined: every command is sent before any reply is read, so
+ * the whole costs one round trip where LIST-STATUS is not offered. The
+ * list comes back as imap_list's, the folders asked about with
+ * has_status (a folder the server refused STATUS for has none).
+ */
+int imap_list_with_status(struct conn *c, char *const *names, size_t n,
+			  struct imap_mailbox **out, size_t *nout);
+
+/* imap_notify_set - NOTIFY SET (RFC 5465): new and expunged messages and
+ * flag changes of the selected folder, new and expunged messages of
+ * every personal folder, pushed as they happen. Where offered only. */
+int imap_notify_set(struct conn *c);
+
+/*
+ * imap_idle_begin - send IDLE (RFC 2177) and wait for its "+". Anything
+ * the server pushed before the "+" sets *@missed (what it said is not
+ * kept: the caller looks again). IMAP_FOLDER_BAD if the server refused.
+ */
+int imap_idle_begin(struct conn *c, bool *missed);
+
+/*
+ * imap_idle_wait - wait, in IDLE, until the server sends something
+ * (returns 1), @wake_fd becomes readable or @ms pass (0). This wait
+ * has no read deadline: a quiet server is not a dead one.
+ */
+int imap_idle_wait(struct conn *c, int wake_fd, long long ms);
+
+/* what the server pushed during one IDLE */
+struct imap_push {
+	bool selected; /* the selected folder changed (EXISTS, EXPUNGE,
+			  FETCH, VANISHED) */
+	char **folders; /* owned: other folders (NOTIFY's STATUS), raw */
+	size_t nfolders;
+};
+void imap_push_release(struct imap_push *p);
+
+/* imap_idle_end - send DONE and read everything up to IDLE's tagged
+ * reply, collecting what was pushed into @p. */
+int imap_idle_end(struct conn *c, struct imap_push *p);
 
 /* ---- utf7.c: RFC 3501 §5.1.3 modified UTF-7 mailbox names ---- */
 

@@ -440,35 +440,3 @@ def test_message_without_size_is_asked_again(fresh_dovecot, mount):
             assert st.st_size == server[uid]["size"], name
         assert "came without size or date" in m.stderr()
         m.stop()
-
-
-@pytest.mark.parametrize("caps", [None, REDUCED], ids=["list-status", "reduced"])
-def test_polls_ask_status_and_refresh_only_what_moved(dovecot_factory, mount, caps):
-    """Once a full round is done, the timer's rounds ask each folder's
-    STATUS and refresh only the folders that moved: an unchanged account
-    costs one LIST-STATUS round trip per interval where offered, else
-    LIST and a STATUS per folder; never SELECT, EXAMINE or FETCH. New
-    mail in any folder is found by the next poll."""
-    d = dovecot_factory(imap_capability=caps)
-    folders = ["INBOX"] + ["F%02d" % i for i in range(17)]
-    with d.session() as c:
-        for i, f in enumerate(folders):
-            items = list(harness.genmail.gen_messages(3, 720 + i))
-            d.append_many(f, [(msg, w, ()) for msg, w in items], imap=c)
-    m = mount(d, options={"poll_interval": "1"})
-    mark = d.rawlog_mark()
-    time.sleep(3.5)
-    text = d.rawlog_text(mark)
-    lines = [line for line in text.splitlines() if " " in line]
-    sent = [line.split(" ", 2)[1].upper() for line in lines]
-    assert set(sent) <= {"LIST", "STATUS"}, text
-    if caps is None:
-        assert sent.count("LIST") >= 3 and "STATUS" not in sent, text
-        assert all("RETURN (STATUS (" in line for line in lines), text
-    else:
-        assert sent.count("STATUS") >= 40, text
-        assert not re.search(r"(?i)RETURN|LIST-STATUS|HIGHESTMODSEQ", text), text
-    fill(d, "F03", 1, 740)
-    harness.wait_until(lambda: len(tree(m, "F03")) == 4, 15, interval=0.2,
-                       what="the poll to find new mail in F03")
-    assert_matches_server(m, d, "F03")

@@ -3,7 +3,9 @@ server's reply lines: it answers convoyfs with the server's own
 certificate (issued for 127.0.0.1 by the test CA), speaks TLS to the
 server, and passes every server line through rewrite(line) -> bytes
 (None drops it). For what a passthrough proxy cannot do: drop a folder
-from one LIST reply, or make a reply unparsable."""
+from one LIST reply, or make a reply unparsable. It also keeps every
+line the client sent, per connection (sent_lines()), for servers that
+have no rawlog of their own."""
 
 import contextlib
 import socket
@@ -17,6 +19,7 @@ class LineProxy:
         self.server = server
         self.rewrite = rewrite
         self.accepted = []  # monotonic time of each connection
+        self.sent = []  # (connection number, monotonic time, line) from the client
         self._lock = threading.Lock()
         self._conns = []
         self._stop = False
@@ -58,7 +61,13 @@ class LineProxy:
             return
         with self._lock:
             self._conns += [down, up]
-        t = threading.Thread(target=self._pump, args=(down, up, None), daemon=True)
+            n = len(self.accepted)
+
+        def record(line):
+            with self._lock:
+                self.sent.append((n, time.monotonic(), line))
+            return line
+        t = threading.Thread(target=self._pump, args=(down, up, record), daemon=True)
         t.start()
         self._pump(up, down, self.rewrite)
         t.join(5)
@@ -81,6 +90,17 @@ class LineProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+    def sent_lines(self, since=0.0):
+        """{connection number: [line, ...]} the client sent after since
+        (a time.monotonic() value), decoded, without CRLF."""
+        out = {}
+        with self._lock:
+            rows = list(self.sent)
+        for n, t, line in rows:
+            if t >= since:
+                out.setdefault(n, []).append(line.decode("utf-8", "replace").rstrip("\r\n"))
+        return out
 
     def logins_between(self, t0, t1):
         with self._lock:

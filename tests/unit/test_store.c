@@ -525,14 +525,22 @@ static int test_folders(void)
 		CHECK(folder_cases[i].role ?
 			      f.role && !strcmp(f.role, folder_cases[i].role) :
 			      !f.role);
-		CHECK(f.uidvalidity == 0 && f.uidnext == 0 && f.low_uid == 0);
+		CHECK(f.uidvalidity == 0 && f.uidnext == 0 && f.low_uid == 0 &&
+		      f.complete_since == 0);
 		store_folder_release(&f);
 	}
 
 	/* the bookmark, then a LIST that changes attributes: state kept */
-	CHECK_RC(store_folder_set_sync(s, ids[0], 1234567, 501, 1,
-				       (uint64_t)1 << 40),
-		 0);
+	{
+		struct store_folder b = { .id = ids[0],
+					  .uidvalidity = 1234567,
+					  .uidnext = 501,
+					  .low_uid = 1,
+					  .highestmodseq = (uint64_t)1 << 40,
+					  .complete_since = 1700000000 };
+
+		CHECK_RC(store_folder_set_sync(s, &b), 0);
+	}
 	{
 		struct store_folder in = { .name = (char *)"INBOX",
 					   .display = (char *)"Inbox",
@@ -547,6 +555,7 @@ static int test_folders(void)
 	CHECK(f.role && !strcmp(f.role, "Inbox"));
 	CHECK(f.uidvalidity == 1234567 && f.uidnext == 501 && f.low_uid == 1);
 	CHECK(f.highestmodseq == (uint64_t)1 << 40);
+	CHECK(f.complete_since == 1700000000);
 	CHECK(f.last_refresh > 0);
 	store_folder_release(&f);
 
@@ -558,7 +567,13 @@ static int test_folders(void)
 	store_folder_list_free(list, n);
 
 	CHECK_RC(store_folder_get(s, 999999, &f), -ENOENT);
-	CHECK_RC(store_folder_set_sync(s, 999999, 1, 1, 1, 1), -ENOENT);
+	{
+		struct store_folder b = { .id = 999999, .uidvalidity = 1,
+					  .uidnext = 1, .low_uid = 1,
+					  .highestmodseq = 1 };
+
+		CHECK_RC(store_folder_set_sync(s, &b), -ENOENT);
+	}
 	CHECK_RC(store_folder_count(s, ids[0], &count), 0);
 	CHECK(count == 0);
 	CHECK(put_msg(s, ids[0], 7, "", NULL) == 0);
@@ -813,7 +828,7 @@ static int test_migrate_v2(void)
 	CHECK(raw_int(db, "PRAGMA user_version", 0) == 2);
 
 	CHECK_RC(store_open(dir, &s), 0);
-	CHECK(raw_int(db, "PRAGMA user_version", 0) == 4);
+	CHECK(raw_int(db, "PRAGMA user_version", 0) == 5);
 	CHECK(raw_int(db,
 		      "SELECT count(*) FROM sqlite_master WHERE name IN "
 		      "('messages_flagset_insert', 'messages_conv_insert', "
@@ -866,6 +881,54 @@ static int test_migrate_v2(void)
 	CHECK_RC(store_conv_get(s, conv, &c), 0);
 	CHECK(c.count == 4);
 	store_conv_release(&c);
+	store_close(s);
+	sqlite3_close(db);
+	free(dir);
+	return 0;
+}
+
+/*
+ * Version 4 had complete_since (made by version 1) but never wrote it:
+ * whatever a row holds, version 5 starts it at 0, nothing known by
+ * date, and the bookmark then writes it with the rest.
+ */
+static int test_migrate_v4(void)
+{
+	char *dir = test_dir("migrate-v4");
+	struct store_folder f;
+	struct store *s;
+	int64_t a, b;
+	sqlite3 *db;
+
+	CHECK_RC(store_open(dir, &s), 0);
+	a = add_folder(s, "INBOX");
+	b = add_folder(s, "Archive");
+	store_close(s);
+	db = raw_open(dir);
+	CHECK(raw_exec(db, "UPDATE folders SET complete_since = NULL, "
+			   "uidnext = 900, low_uid = 400;"
+			   "UPDATE folders SET complete_since = 12345 "
+			   "WHERE name = 'Archive';"
+			   "PRAGMA user_version = 4;") == SQLITE_OK);
+	CHECK_RC(store_open(dir, &s), 0);
+	CHECK(raw_int(db, "PRAGMA user_version", 0) == 5);
+	CHECK(raw_int(db, "SELECT count(*) FROM folders WHERE "
+			  "complete_since IS NOT 0",
+		      0) == 0);
+	CHECK_RC(store_folder_get(s, b, &f), 0);
+	CHECK(f.complete_since == 0 && f.low_uid == 400 && f.uidnext == 900);
+	f.complete_since = 1600000000;
+	CHECK_RC(store_folder_set_sync(s, &f), 0);
+	store_folder_release(&f);
+	CHECK_RC(store_folder_get(s, b, &f), 0);
+	CHECK(f.complete_since == 1600000000);
+	store_folder_release(&f);
+	/* a NULL left by anything else reads as 0 */
+	CHECK(raw_exec(db, "UPDATE folders SET complete_since = NULL "
+			   "WHERE name = 'INBOX'") == SQLITE_OK);
+	CHECK_RC(store_folder_get(s, a, &f), 0);
+	CHECK(f.complete_since == 0);
+	store_folder_release(&f);
 	store_close(s);
 	sqlite3_close(db);
 	free(dir);
@@ -1373,10 +1436,16 @@ static void *writer(void *aux)
 			rc = put_msg(s, sh->folder,
 				     (uint32_t)(b * BATCH + i + 1),
 				     i % 2 ? "\\Seen" : "", NULL);
-		if (!rc)
-			rc = store_folder_set_sync(
-				s, sh->folder, 7,
-				(uint32_t)((b + 1) * BATCH + 1), 1, 0);
+		if (!rc) {
+			struct store_folder bm = {
+				.id = sh->folder,
+				.uidvalidity = 7,
+				.uidnext = (uint32_t)((b + 1) * BATCH + 1),
+				.low_uid = 1,
+			};
+
+			rc = store_folder_set_sync(s, &bm);
+		}
 		if (!rc)
 			rc = store_commit(s);
 		if (rc) {
@@ -1529,6 +1598,7 @@ static const struct {
 } tests[] = {
 	{ "migrate", test_migrate },
 	{ "migrate_v2", test_migrate_v2 },
+	{ "migrate_v4", test_migrate_v4 },
 	{ "orphans", test_orphans },
 	{ "concurrent_open", test_concurrent_open },
 	{ "modes", test_modes },

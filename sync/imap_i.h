@@ -1,0 +1,44 @@
+/*
+ * imap_i.h - shared by the files of the IMAP layer (imap.c, imap_poll.c)
+ * and by nothing else: libetpan's lower-level senders and parser, and
+ * the helpers for commands libetpan has no builder for.
+ */
+#ifndef CONVOY_IMAP_I_H
+#define CONVOY_IMAP_I_H
+
+#include <libetpan/libetpan.h>
+
+#include "sync_i.h"
+
+/* exported by libetpan.so, declared in headers it does not install */
+int mailimap_token_send(mailstream *fd, const char *token);
+int mailimap_space_send(mailstream *fd);
+int mailimap_crlf_send(mailstream *fd);
+int mailimap_mailbox_send(mailstream *fd, const char *mb);
+int mailimap_response_parse(mailstream *fd, MMAPString *buf,
+			    struct mailimap_parser_context *ctx, size_t *indx,
+			    struct mailimap_response **result,
+			    size_t progr_rate, progress_function *progr_fun);
+
+/*
+ * imap_raw_send - send "<tag> @verb @mailbox @rest" (the mailbox quoted
+ * as libetpan quotes; NULL parts left out), flush, and read the first
+ * line of the reply into the session's buffer. A libetpan code.
+ */
+int imap_raw_send(struct conn *c, const char *verb, const char *mailbox,
+		  const char *rest);
+
+/* imap_grade - a libetpan code of a command on @c as an imap_grade,
+ * logging @what with the server's text */
+int imap_grade(struct conn *c, int rc, const char *what);
+
+/* imap_read_status - the items of a STATUS reply into @out */
+void imap_read_status(clist *info, struct imap_box *out);
+
+/* imap_collect_list - the LIST lines of reply @rsp appended to *@v (*@k
+ * of *@cap used, grown as needed; duplicates dropped), then each STATUS
+ * line of the reply given to its listed folder (has_status) */
+void imap_collect_list(struct mailimap_response *rsp, struct imap_mailbox **v,
+		       size_t *k, size_t *cap);
+
+#endif
