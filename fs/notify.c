@@ -103,6 +103,13 @@ void on_change(const struct sync_change *c, void *aux)
 		pthread_mutex_unlock(&fs->lock);
 		if (old)
 			queue_note(fs, 0, "", old);
+	} else if (c->kind == SYNC_MESSAGE_SIZE && m) {
+		/* now, not queued: the open waiting for this body is
+		 * answered next, and its reads must not stop at the old
+		 * size. Attributes only (offset -1): no page is touched, so
+		 * the waiting open cannot deadlock with it */
+		fuse_lowlevel_notify_inval_inode(fs->se, (fuse_ino_t)m->umid, -1,
+						 0);
 	} else if (c->kind == SYNC_MESSAGE_GONE && m) {
 		names_message(name, m->date, m->zone, m->subject, m->umid);
 		queue_note(fs, INO_FOLDER_BASE + (uint64_t)m->folder, name,

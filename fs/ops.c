@@ -65,8 +65,12 @@ static void msg_attr(struct fs *fs, const struct store_msg *m,
 	st->st_nlink = m->conv ? 2 : 1;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
-	st->st_size = (off_t)m->size;
-	st->st_blocks = (blkcnt_t)((m->size + 511) / 512);
+	uint64_t size = m->real_size >= 0 ? (uint64_t)m->real_size : m->size;
+
+	/* RFC822.SIZE until the body was fetched, then its real length:
+	 * a server's SIZE may be wrong, and reads stop at st_size */
+	st->st_size = (off_t)size;
+	st->st_blocks = (blkcnt_t)((size + 511) / 512);
 	st->st_blksize = 4096;
 	st->st_mtim.tv_sec = m->date;
 	st->st_atim.tv_sec = m->date;

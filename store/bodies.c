@@ -291,6 +291,21 @@ static int body_row_put(struct store *s, int64_t umid, uint64_t size)
 	return rc;
 }
 
+static void set_real_size(struct store *s, int64_t umid, uint64_t size)
+{
+	sqlite3_stmt *st;
+	int rc = store_prepare(s, ST_MSG_SET_REAL_SIZE, &st);
+
+	if (rc)
+		return;
+	sqlite3_bind_int64(st, 1, umid);
+	sqlite3_bind_int64(st, 2, (int64_t)size);
+	rc = sqlite3_step(st);
+	if (rc != SQLITE_DONE)
+		store_fail(s, ST_MSG_SET_REAL_SIZE, rc);
+	store_done(st);
+}
+
 int store_body_commit(struct store_body_writer *w)
 {
 	char path[PATH_MAX];
@@ -325,6 +340,10 @@ int store_body_commit(struct store_body_writer *w)
 	if (rc)
 		/* not durable or not accounted for: not cached */
 		unlink(path);
+	else
+		/* the file's length from now on, whatever RFC822.SIZE said;
+		 * if this fails the body is cached all the same */
+		set_real_size(w->s, w->umid, w->size);
 	free(w);
 	return rc;
 

@@ -26,7 +26,7 @@ struct stmt_def {
 #define MSG_COLUMNS                                                          \
 	"m.umid, m.folder, m.uid, m.conv, f.flags, m.date, m.zone, m.size, " \
 	"m.message_id, m.subject, m.sender, m.refs, m.in_reply_to, "         \
-	"m.emailid "                                                         \
+	"m.emailid, m.real_size "                                            \
 	"FROM messages m LEFT JOIN flagsets f ON f.id = m.flagset "
 
 #define FOLDER_COLUMNS                                                     \
@@ -114,6 +114,8 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 	[ST_MSG_UIDS] = { "msg_uids",
 		"SELECT uid FROM messages WHERE folder = ?1 "
 		"AND uid BETWEEN ?2 AND ?3 ORDER BY uid" },
+	[ST_MSG_SET_REAL_SIZE] = { "msg_set_real_size",
+		"UPDATE messages SET real_size = ?2 WHERE umid = ?1" },
 	[ST_BODY_PUT] = { "body_put",
 		"INSERT INTO bodies (umid, size, last_read) VALUES (?1, ?2, ?3) "
 		"ON CONFLICT (umid) DO UPDATE SET size = excluded.size, "

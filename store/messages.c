@@ -33,6 +33,9 @@ static void msg_from_row(sqlite3_stmt *st, struct store_msg *m)
 	m->references = store_column_strdup(st, 11);
 	m->in_reply_to = store_column_strdup(st, 12);
 	m->emailid = store_column_strdup(st, 13);
+	m->real_size = sqlite3_column_type(st, 14) == SQLITE_NULL ?
+			       -1 :
+			       sqlite3_column_int64(st, 14);
 }
 
 static int cmp_str(const void *a, const void *b)

@@ -250,6 +250,15 @@ static const char *const migrations[] = {
 	 * sets it (readers also take NULL as 0).
 	 */
 	"UPDATE folders SET complete_since = 0;",
+
+	/*
+	 * 6: a body's real length. RFC822.SIZE (size) may differ from the
+	 * bytes BODY[] returns (Exchange, Gmail, proxies); once a body has
+	 * been fetched its length is what st_size says, and stays so after
+	 * the body is evicted. size itself is kept as the server said it:
+	 * it is part of a message's identity when an orphan is adopted.
+	 */
+	"ALTER TABLE messages ADD COLUMN real_size INTEGER;",
 };
 /* clang-format on */
 

@@ -63,6 +63,9 @@ struct store_msg {
 	char *references;
 	char *in_reply_to;
 	char *emailid; /* owned, may be NULL: RFC 8474 EMAILID */
+	/* the length of the body BODY[] returned, once fetched (-1 until
+	 * then): what st_size says, as RFC822.SIZE may be wrong */
+	int64_t real_size;
 };
 
 /*

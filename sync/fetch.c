@@ -148,6 +148,18 @@ static int fetch_one(struct fetcher *f, int64_t umid)
 	rc = store_body_commit(sink.w);
 	if (!rc)
 		f->fails = 0;
+	if (!rc && got != m.size) {
+		struct sync_change c = { .kind = SYNC_MESSAGE_SIZE,
+					 .folder = m.folder,
+					 .msg = &m };
+
+		log_warn("message %lld: the server said %llu bytes and sent "
+			 "%llu; the file is %llu bytes long",
+			 (long long)umid, (unsigned long long)m.size,
+			 (unsigned long long)got, (unsigned long long)got);
+		if (f->s->changed)
+			f->s->changed(&c, f->s->changed_aux);
+	}
 	/* keep the cache within its budget: evict the least recently read */
 	if (!rc && atomic_fetch_add(&f->s->bodies_fetched, 1) % 64 == 63 &&
 	    f->s->cfg.cache_budget)

@@ -30,17 +30,23 @@ struct sync_config {
 void sync_config_release(struct sync_config *cfg);
 
 /* What a committed sync step changed, for fs/ to invalidate the kernel's
- * caches. Delivered on the sync thread: queue it, do not block. */
+ * caches. Delivered on the sync thread (SYNC_MESSAGE_SIZE: on a fetcher,
+ * before the read that waits for the body is answered): queue it or
+ * act at once, never block. */
 enum sync_change_kind {
 	SYNC_FOLDERS, /* the folder list changed */
 	SYNC_MESSAGES, /* messages of @folder were added or changed */
 	SYNC_MESSAGE_GONE, /* @msg was expunged or flagged \Deleted */
+	SYNC_MESSAGE_SIZE, /* @msg's body was fetched and its length is
+			      not what RFC822.SIZE said */
 };
 struct store_msg;
 struct sync_change {
 	enum sync_change_kind kind;
 	int64_t folder; /* SYNC_MESSAGES, SYNC_MESSAGE_GONE */
-	const struct store_msg *msg; /* SYNC_MESSAGE_GONE: as it was; borrowed */
+	const struct store_msg *msg; /* SYNC_MESSAGE_GONE: as it was;
+					SYNC_MESSAGE_SIZE: the message;
+					borrowed */
 };
 typedef void sync_changed_fn(const struct sync_change *c, void *aux);
 

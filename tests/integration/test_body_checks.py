@@ -1,0 +1,133 @@
+"""A body FETCH reply is checked before it is cached, and a body's real
+length wins over RFC822.SIZE: against a scripted server that answers
+UID FETCH n BODY.PEEK[] with another UID's body, with BODY[HEADER], or
+with two bodies, and that says RFC822.SIZE larger, smaller or 0. The
+mount never serves bytes the server did not send for that message, and
+cat, cp and mmap return exactly the server's bytes."""
+
+import errno
+import mmap
+import os
+import re
+import shutil
+
+import pytest
+
+import scripted
+
+
+def body(i, extra=b""):
+    return (b"From: a@b.test\r\nMessage-ID: <m%d@scripted.test>\r\n"
+            b"Subject: message %d\r\nDate: Mon, 6 May 2024 07:08:09 +0000\r\n\r\n"
+            b"body of message %d\r\n" % (i, i, i)) + extra
+
+
+class Lying(scripted.ScriptedImap):
+    """Lies about UID 1's body in the way named by how."""
+
+    how = None
+
+    def body_reply(self, folder, seq, m):
+        if m.uid != 1:
+            return super().body_reply(folder, seq, m)
+        other = self.folders[folder][1]
+        if self.how == "other-uid":
+            return [b"* %d FETCH (UID %d BODY[] " % (seq, other.uid) +
+                    scripted.literal(other.data) + b")\r\n"]
+        if self.how == "header":
+            head = m.data.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+            return [b"* %d FETCH (UID 1 BODY[HEADER] " % seq + scripted.literal(head) + b")\r\n"]
+        if self.how == "two-bodies":
+            return (super().body_reply(folder, seq, m) +
+                    [b"* 2 FETCH (UID %d BODY[] " % other.uid +
+                     scripted.literal(other.data) + b")\r\n"])
+        if self.how == "two-in-one":
+            return [b"* %d FETCH (UID 1 BODY[] " % seq + scripted.literal(m.data) +
+                    b" BODY[] " + scripted.literal(other.data) + b")\r\n"]
+        raise AssertionError(self.how)
+
+
+@pytest.fixture
+def lying():
+    made = []
+
+    def make(how):
+        s = Lying()
+        s.how = how
+        for i in range(1, 4):
+            s.add("INBOX", body(i))
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.cleanup()
+
+
+def files(m):
+    d = os.path.join(m.path, "INBOX")
+    out = {}
+    for n in os.listdir(d):
+        uid = int(os.getxattr(os.path.join(d, n), "user.convoyfs.uid"))
+        out[uid] = os.path.join(d, n)
+    return out
+
+
+@pytest.mark.parametrize("how", ["other-uid", "header", "two-bodies", "two-in-one"])
+def test_a_body_the_server_did_not_send_for_it_is_refused(lying, mount, how):
+    s = lying(how)
+    m = mount(s)
+    f = files(m)
+    assert sorted(f) == [1, 2, 3]
+    for _ in range(2):  # and not cached on a second try either
+        with pytest.raises(OSError) as e:
+            with open(f[1], "rb") as fh:
+                fh.read()
+        assert e.value.errno == errno.EIO, how
+    assert "the body of UID 1 in INBOX refused" in m.stderr(), m.stderr()[-2000:]
+    # the mount stays usable, the other messages whole
+    for uid in (2, 3):
+        with open(f[uid], "rb") as fh:
+            assert fh.read() == s.folders["INBOX"][uid - 1].data
+    # nothing of UID 1 was kept in the body cache: two bodies in it
+    assert m.bodies_fetched() == 2
+    on_disk = [n for _d, _s, names in os.walk(m.cache_dir) for n in names
+               if re.fullmatch(r"\d+", n)]
+    assert len(on_disk) == 2, on_disk
+
+
+@pytest.mark.parametrize("said", ["larger", "smaller", "zero"])
+def test_real_length_wins_over_rfc822_size(mount, tmp_path, said):
+    s = scripted.ScriptedImap()
+    try:
+        msgs = [s.add("INBOX", body(i, extra=b"x" * 150)) for i in range(1, 4)]
+        for m_ in msgs:
+            real = len(m_.data)
+            m_.size = {"larger": real + 100, "smaller": real - 60, "zero": 0}[said]
+        m = mount(s)
+        f = files(m)
+        # before a fetch st_size is what the server said, at no cost
+        assert os.stat(f[1]).st_size == msgs[0].size
+        # cat: every byte, whatever SIZE said
+        with open(f[1], "rb") as fh:
+            assert fh.read() == msgs[0].data
+        assert os.stat(f[1]).st_size == len(msgs[0].data)
+        # cp of a message not fetched yet
+        shutil.copyfile(f[2], str(tmp_path / "copy"))
+        assert (tmp_path / "copy").read_bytes() == msgs[1].data
+        # mmap of the third
+        with open(f[3], "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size:
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    got = bytes(mm[:])
+            else:
+                got = fh.read()
+        assert got == msgs[2].data, (len(got), len(msgs[2].data))
+        assert os.stat(f[3]).st_size == len(msgs[2].data)
+        assert re.search(r"the server said \d+ bytes and sent \d+", m.stderr())
+        m.stop()
+        # the real length outlives the mount
+        m2 = mount(s, name="again", cache_dir=m.cache_dir)
+        assert os.stat(files(m2)[1]).st_size == len(msgs[0].data)
+    finally:
+        s.cleanup()
