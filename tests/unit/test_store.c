@@ -761,6 +761,7 @@ static const char v2_schema[] =
 	/* what version 4 added */
 	"DROP INDEX messages_orphans;"
 	"ALTER TABLE messages DROP COLUMN emailid;"
+	"ALTER TABLE messages DROP COLUMN real_size;"
 	"ALTER TABLE folders DROP COLUMN mailboxid;"
 	"DROP INDEX IF EXISTS messages_message_id;"
 	"CREATE INDEX messages_message_id ON messages (message_id);"
@@ -828,7 +829,7 @@ static int test_migrate_v2(void)
 	CHECK(raw_int(db, "PRAGMA user_version", 0) == 2);
 
 	CHECK_RC(store_open(dir, &s), 0);
-	CHECK(raw_int(db, "PRAGMA user_version", 0) == 5);
+	CHECK(raw_int(db, "PRAGMA user_version", 0) == 6);
 	CHECK(raw_int(db,
 		      "SELECT count(*) FROM sqlite_master WHERE name IN "
 		      "('messages_flagset_insert', 'messages_conv_insert', "
@@ -909,9 +910,10 @@ static int test_migrate_v4(void)
 			   "uidnext = 900, low_uid = 400;"
 			   "UPDATE folders SET complete_since = 12345 "
 			   "WHERE name = 'Archive';"
+			   "ALTER TABLE messages DROP COLUMN real_size;"
 			   "PRAGMA user_version = 4;") == SQLITE_OK);
 	CHECK_RC(store_open(dir, &s), 0);
-	CHECK(raw_int(db, "PRAGMA user_version", 0) == 5);
+	CHECK(raw_int(db, "PRAGMA user_version", 0) == 6);
 	CHECK(raw_int(db, "SELECT count(*) FROM folders WHERE "
 			  "complete_since IS NOT 0",
 		      0) == 0);
