@@ -474,19 +474,60 @@ static void parse_att(struct mailimap_msg_att *att, struct imap_msg *m)
 	}
 }
 
+/* the most of one message's header fields kept; the rest of a longer
+ * literal is read and dropped, so a server announcing gigabytes costs
+ * no memory (libetpan would hold the whole literal) */
+#define HEADER_FIELDS_MAX (256 * 1024)
+
 struct fetch_ctx {
 	struct imap_fetch *f;
+	char *hdr; /* HEADER_FIELDS_MAX bytes, for IMAP_ITEMS_META */
+	size_t hdr_len;
+	bool hdr_seen; /* a header literal came for this message */
+	uint64_t hdr_dropped; /* bytes past the cap */
 };
+
+/* the header-fields literal, streamed: kept up to the cap */
+static bool on_header_bytes(int type, struct mailimap_msg_att_body_section *sec,
+			    const char *bytes, size_t len, void *ctx)
+{
+	struct fetch_ctx *fc = ctx;
+	size_t room = HEADER_FIELDS_MAX - fc->hdr_len;
+
+	(void)sec;
+	if (type != MAILIMAP_MSG_ATT_BODY_SECTION)
+		return true;
+	fc->hdr_seen = true;
+	if (len > room) {
+		fc->hdr_dropped += len - room;
+		len = room;
+	}
+	memcpy(fc->hdr + fc->hdr_len, bytes, len);
+	fc->hdr_len += len;
+	return true;
+}
 
 static void on_message(struct mailimap_msg_att *att, void *ctx)
 {
-	struct imap_fetch *f = ((struct fetch_ctx *)ctx)->f;
+	struct fetch_ctx *fc = ctx;
+	struct imap_fetch *f = fc->f;
 	struct imap_msg m = { 0 };
 	int rc;
 
 	if (f->cb_rc)
-		return;
+		goto out;
 	parse_att(att, &m);
+	if (fc->hdr_seen) {
+		m.header = fc->hdr;
+		m.header_len = fc->hdr_len;
+		if (fc->hdr_dropped)
+			log_warn("UID %u: header fields of %llu bytes; the "
+				 "first %u kept",
+				 m.uid,
+				 (unsigned long long)(fc->hdr_len +
+						      fc->hdr_dropped),
+				 HEADER_FIELDS_MAX);
+	}
 	/* a FETCH without UID is unsolicited (a flag change pushed by
 	 * the server): not an answer to this command */
 	if (m.uid) {
@@ -497,6 +538,10 @@ static void on_message(struct mailimap_msg_att *att, void *ctx)
 	}
 	free(m.flags);
 	free(m.emailid);
+out:
+	fc->hdr_len = 0;
+	fc->hdr_seen = false;
+	fc->hdr_dropped = 0;
 }
 
 static void no_progress(size_t current, size_t maximum, void *ctx)
@@ -575,6 +620,10 @@ static int fetch_of_set(struct conn *c, struct imap_fetch *f,
 
 	f->cb_rc = 0;
 	f->count = 0;
+	if (f->items == IMAP_ITEMS_META) {
+		ctx.hdr = xmalloc(HEADER_FIELDS_MAX);
+		mailimap_set_msg_body_handler(c->imap, on_header_bytes, &ctx);
+	}
 	mailimap_set_msg_att_handler(c->imap, on_message, &ctx);
 	mailimap_set_progress_callback(c->imap, no_progress, no_progress, &ctx);
 	if (!f->by_uid)
@@ -587,8 +636,10 @@ static int fetch_of_set(struct conn *c, struct imap_fetch *f,
 						     f->changedsince, &result);
 	else
 		rc = mailimap_uid_fetch(c->imap, set, ft, &result);
+	mailimap_set_msg_body_handler(c->imap, NULL, NULL);
 	mailimap_set_msg_att_handler(c->imap, NULL, NULL);
 	mailimap_set_progress_callback(c->imap, NULL, NULL, NULL);
+	free(ctx.hdr);
 	if (result)
 		mailimap_fetch_list_free(result);
 	mailimap_fetch_type_free(ft);

@@ -126,6 +126,12 @@ class ScriptedImap:
         """The FETCH response lines answering UID FETCH uid (UID BODY.PEEK[])."""
         return [b"* %d FETCH (UID %d BODY[] " % (seq, m.uid) + literal(m.data) + b")\r\n"]
 
+    def meta_reply(self, folder, seq, m, items):
+        """The FETCH response (bytes, or a generator of bytes) answering a
+        metadata FETCH for one message."""
+        return [b"* %d FETCH (" % seq + b" ".join(self.meta_items(folder, seq, m, items)) +
+                b")\r\n"]
+
     def meta_items(self, folder, seq, m, items):
         """The items of one FETCH response for the metadata convoyfs asks."""
         out = [b"UID %d" % m.uid]
@@ -243,7 +249,17 @@ class ScriptedImap:
                 f.flush()
                 continue
             for o in out:
-                f.write(o)
+                if isinstance(o, bytes):
+                    f.write(o)
+                    continue
+                # a generator: a reply too big to hold, or one that
+                # ends the connection (it raises ConnectionAbortedError)
+                try:
+                    for chunk in o:
+                        f.write(chunk)
+                except ConnectionAbortedError:
+                    f.flush()
+                    return
             f.write(tag + b" OK done\r\n")
             f.flush()
 
@@ -265,8 +281,7 @@ class ScriptedImap:
             if "BODY.PEEK[]" in items:
                 out += self.body_reply(folder, seq, m)
             else:
-                parts = self.meta_items(folder, seq, m, items)
-                out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
+                out += self.meta_reply(folder, seq, m, items)
         return out
 
     def _search(self, folder, args):

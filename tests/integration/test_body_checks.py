@@ -13,6 +13,7 @@ import shutil
 
 import pytest
 
+import harness
 import scripted
 
 
@@ -129,5 +130,72 @@ def test_real_length_wins_over_rfc822_size(mount, tmp_path, said):
         # the real length outlives the mount
         m2 = mount(s, name="again", cache_dir=m.cache_dir)
         assert os.stat(files(m2)[1]).st_size == len(msgs[0].data)
+    finally:
+        s.cleanup()
+
+
+class HugeHeader(scripted.ScriptedImap):
+    """UID 2's header fields come as a literal announcing 2^31 bytes, of
+    which `send` are sent before the connection is closed, or as a
+    literal of `send` bytes sent whole."""
+
+    announce = 2 ** 31
+    send = 300 * 2 ** 20
+    sent = 0
+
+    def meta_reply(self, folder, seq, m, items):
+        if m.uid != 2 or "HEADER.FIELDS" not in items:
+            return super().meta_reply(folder, seq, m, items)
+        server = self
+
+        def stream():
+            size = self.announce or self.send
+            yield (b'* %d FETCH (UID 2 FLAGS () INTERNALDATE "%s" RFC822.SIZE %d '
+                   b"BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n"
+                   % (seq, scripted.imap_date(m.date), len(m.data), size))
+            chunk = b"Subject: " + b"x" * (2 ** 20 - 11) + b"\r\n"
+            for _ in range(self.send // len(chunk)):
+                server.sent += len(chunk)
+                yield chunk
+            if self.announce:
+                raise ConnectionAbortedError
+            yield b")\r\n"
+        return [stream()]
+
+
+def peak_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["2^31-cut", "300MB-whole"])
+def test_a_huge_header_literal_costs_no_memory(mount, announce):
+    """300 MB streamed into one header-fields literal: memory stays
+    bounded (the fields are kept up to 256 KiB, the rest is read and
+    dropped), the mount stays usable, and a clear line is logged."""
+    s = HugeHeader()
+    s.announce = HugeHeader.announce if announce else 0
+    try:
+        for i in range(1, 4):
+            s.add("INBOX", body(i))
+        m = mount(s, wait_idle=False)
+        harness.wait_until(lambda: s.sent >= s.send - 2 ** 20, 120, interval=0.2,
+                           what="the server to stream the literal")
+        if not announce:
+            m.wait_idle(120)
+            assert sorted(files(m)) == [1, 2, 3]
+            assert "header fields of %d bytes" % s.send in m.stderr()
+        else:
+            harness.wait_until(lambda: "connection lost" in m.stderr(), 30, interval=0.2,
+                               what="the cut to be noticed")
+            # the mount stays up and answers (the batch holding UID 2
+            # is cut each time, so nothing of it is stored yet)
+            assert m.proc.poll() is None
+            assert re.search(r"(?m)^connection: ", m.status())
+            os.listdir(os.path.join(m.path, "INBOX"))
+        peak = peak_rss_kib(m.proc.pid)
+        # a build with sanitizers carries their own memory: the bound is
+        # what 300 MB held would blow through, not a tight figure
+        assert peak < 150 * 1024, "peak RSS %d MiB" % (peak // 1024)
     finally:
         s.cleanup()
