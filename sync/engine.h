@@ -103,6 +103,7 @@ struct sync {
 					each folder's status) */
 	size_t nlisted;
 	bool full_done; /* a full round completed on this connection */
+	bool fresh_list; /* sync_new just listed: the first round need not */
 
 	pthread_mutex_t lock; /* guards everything below */
 	pthread_cond_t fetch_wake; /* fetchers: a request or stop */
@@ -146,6 +147,10 @@ bool sync_is_stopping(struct sync *s);
 void sync_made_progress(struct sync *s);
 /* the link dropped during a command: send smaller batches */
 void sync_batch_failed(struct sync *s);
+
+/* sync_work_waiting - something was asked for or pushed and waits to
+ * be queued: long work should let it run first */
+bool sync_work_waiting(struct sync *s);
 
 /* sync_push - the server says folder @name (raw) changed: refresh it
  * soon, ahead of the round. Thread: any (the watcher). */

@@ -13,9 +13,10 @@
  *  - else INTERNALDATEs sampled at sequence numbers stepping back from
  *    the newest unknown one by 8, 16, 32, ... (and 1) in one FETCH.
  *    Where dates fall as sequence numbers fall, the sample tells which
- *    day leaves about a batch of messages to learn; where they do not,
- *    a window of days back from complete_since: 3 days, or as many as
- *    hold a batch if mail lies as densely as just after complete_since
+ *    day leaves about a step's worth of messages to learn (as many as
+ *    are known, from one batch up to 8); where they do not, a window
+ *    of days back from complete_since: 3 days, or as many as hold a
+ *    batch if mail lies as densely as just after complete_since
  *    (all of that is stored). A window that brings few is doubled, one
  *    that brings more than a step fetches is halved. UID SEARCH SINCE
  *    that day (below low_uid, before complete_since), diffed against
@@ -50,8 +51,10 @@
 #define GROW_SKEW (7 * DAY)
 /* searches one step may make to size its window */
 #define GROW_SEARCHES 12
-/* batches one step may fetch */
-#define GROW_CHUNKS 2
+/* a step learns about as many messages as are known already (so a big
+ * folder takes few steps, each costing a sample and a search), from a
+ * batch up to this many batches */
+#define GROW_STEP_MAX 8
 /* a SINCE before this is no bound at all (dates of 1970 are broken
  * ones, and the search without SINCE also finds those before 1970) */
 #define GROW_EPOCH (366 * DAY)
@@ -82,6 +85,7 @@ struct step {
 	int64_t horizon; /* 0: none, or past it (to_the_end) */
 	uint32_t top; /* the UIDs to learn are below this */
 	int64_t before; /* SEARCH BEFORE (0: none): past complete_since */
+	size_t want; /* messages this step should learn */
 	uint32_t *todo; /* unknown UIDs found, ascending */
 	size_t ntodo;
 	size_t stored; /* messages written by this step */
@@ -191,7 +195,7 @@ static size_t whole_ones(const struct batch *b)
 
 /*
  * Fetch what @st->todo holds, newest (highest UID) first, a batch per
- * command, at most GROW_CHUNKS of them. @claim (the new complete_since,
+ * command, about @st->want of them (less if pushed work waits). @claim (the new complete_since,
  * or CLAIM_ALL) goes into the bookmark of the last batch if that was
  * all and every message came whole. Returns 1 if claimed, 0 if not, or
  * -errno.
@@ -209,7 +213,7 @@ static int fetch_todo(struct step *st, int64_t claim)
 	bool whole = true;
 	int rc = 0;
 
-	for (int chunk = 0; left && chunk < GROW_CHUNKS && !rc; chunk++) {
+	for (size_t done = 0; left && done < st->want + max && !rc;) {
 		size_t nr, take;
 		struct batch b;
 		bool last;
@@ -218,6 +222,10 @@ static int fetch_todo(struct step *st, int64_t claim)
 			rc = -ECANCELED;
 			break;
 		}
+		/* a refresh pushed meanwhile goes first: the next step
+		 * searches again for what is left */
+		if (done && sync_work_waiting(s))
+			break;
 		newest_chunk(st->todo, left, max, r, &nr, &take);
 		batch_init(&b, s, f, BATCH_NEW);
 		rc = fetch_set_into(s, &b, r, nr);
@@ -227,6 +235,7 @@ static int fetch_todo(struct step *st, int64_t claim)
 			if (b.skipped_uid)
 				whole = false;
 			left -= take;
+			done += take;
 			st->stored += whole_ones(&b);
 			last = !left && whole;
 			if (last)
@@ -470,7 +479,7 @@ static int size_window(struct step *st, int64_t ref, int64_t w,
 		       int64_t floor, int64_t *since)
 {
 	size_t few = st->s->batch / 4;
-	size_t many = (size_t)GROW_CHUNKS * st->s->batch;
+	size_t many = 2 * st->want;
 	int64_t lo = 0, hi = 0; /* windows known too small, too large */
 	int rc = 0;
 
@@ -526,7 +535,8 @@ static int by_date(struct step *st, uint32_t exists, uint32_t unknown)
 	else
 		ref = day_of(sm.n ? sm.newest : (int64_t)time(NULL)) + DAY;
 	if (ordered) {
-		uint32_t q = unknown > s->batch ? unknown - s->batch + 1 : 1;
+		uint32_t q = unknown > st->want ? unknown - (uint32_t)st->want + 1
+					       : 1;
 
 		w = ref - day_of(date_at(&sm, q));
 	} else {
@@ -572,8 +582,8 @@ int grow_folder(struct sync *s, struct store_folder *f, struct job *j,
 		return 0;
 	if (stop_now(s, j))
 		return -ECANCELED;
-	/* other folders were looked at since this one's refresh */
-	rc = sync_grade_errno(imap_examine(s->conn, f->name, &box));
+	/* a new look unless the last step left it selected */
+	rc = sync_grade_errno(imap_look(s->conn, f->name, &box));
 	if (rc)
 		return rc;
 	imap_box_release(&box);
@@ -584,11 +594,15 @@ int grow_folder(struct sync *s, struct store_folder *f, struct job *j,
 	if (rc)
 		return rc;
 	unknown = box.exists > known ? box.exists - (uint32_t)known : 0;
+	st.want = known < s->batch ? s->batch
+		: known > (uint64_t)GROW_STEP_MAX * s->batch ?
+					(size_t)GROW_STEP_MAX * s->batch :
+					(size_t)known;
 	st.top = f->low_uid ? f->low_uid : f->uidnext;
 	/* every message dated before complete_since, in any time zone */
 	if (f->complete_since)
 		st.before = day_of(f->complete_since) + 2 * DAY;
-	if (unknown <= (s->batch > GROW_FEW ? s->batch : GROW_FEW))
+	if (unknown <= (st.want > GROW_FEW ? st.want : GROW_FEW))
 		rc = finish(&st);
 	else
 		rc = by_date(&st, box.exists, unknown);

@@ -255,6 +255,22 @@ void imap_mailboxes_free(struct imap_mailbox *v, size_t n)
 	free(v);
 }
 
+int imap_look(struct conn *c, const char *name, struct imap_box *out)
+{
+	struct mailimap_selection_info *sel = c->imap->imap_selection_info;
+
+	if (!c->selected || !c->readonly || strcmp(c->selected, name) || !sel)
+		return imap_examine(c, name, out);
+	/* still selected: the session kept count of what the server said
+	 * since (EXISTS comes with any command's reply) */
+	memset(out, 0, sizeof(*out));
+	out->uidvalidity = sel->sel_uidvalidity;
+	out->uidnext = sel->sel_uidnext;
+	out->exists = sel->sel_exists;
+	out->highestmodseq = c->highestmodseq;
+	return IMAP_OK;
+}
+
 /* ---- STATUS ---- */
 
 static void read_status_info(clist *info, struct imap_box *out);

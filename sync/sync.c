@@ -72,6 +72,7 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 	rc = sync_folders(s, false);
 	if (rc)
 		log_warn("cannot list folders yet: %s", strerror(-rc));
+	s->fresh_list = !rc;
 	store_close(s->st);
 	s->st = NULL;
 	s->conn_state = CONN_ONLINE;
@@ -407,11 +408,15 @@ static int run_list(struct job *j, void *arg)
 	struct store_folder *f = NULL;
 	bool poll = !s->round_full;
 	size_t n = 0;
-	int rc;
+	int rc = 0;
 
 	if (!s->conn || conn_is_broken(s->conn))
 		return -ENOTCONN;
-	rc = sync_folders(s, poll);
+	/* the list made just before the mount appeared is fresh enough
+	 * for the first round */
+	if (!s->fresh_list)
+		rc = sync_folders(s, poll);
+	s->fresh_list = false;
 	if (rc)
 		return rc;
 	rc = store_folder_list(s->st, &f, &n);
@@ -475,6 +480,16 @@ void sync_request_folder(struct sync *s, int64_t folder, bool grow)
 void sync_push(struct sync *s, const char *name)
 {
 	ask(s, 0, name, false);
+}
+
+bool sync_work_waiting(struct sync *s)
+{
+	bool r;
+
+	pthread_mutex_lock(&s->lock);
+	r = s->nasked > 0;
+	pthread_mutex_unlock(&s->lock);
+	return r;
 }
 
 void sync_poll_now(struct sync *s)

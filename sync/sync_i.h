@@ -141,6 +141,11 @@ void imap_box_release(struct imap_box *b);
  * when the server refuses (the folder is gone or not selectable). */
 int imap_examine(struct conn *c, const char *name, struct imap_box *out);
 
+/* imap_look - as imap_examine, unless @name is still selected read-only
+ * on @c: then what the session knows of it, without a round trip (for
+ * a job that comes back to the folder it looked at last) */
+int imap_look(struct conn *c, const char *name, struct imap_box *out);
+
 /* imap_status - STATUS @name (MESSAGES UIDNEXT UIDVALIDITY, and
  * HIGHESTMODSEQ with CONDSTORE), without selecting it. */
 int imap_status(struct conn *c, const char *name, struct imap_box *out);
