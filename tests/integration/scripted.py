@@ -81,9 +81,10 @@ class ScriptedImap:
     user = "alice"
     password = "s3cret-Pw"
 
-    def __init__(self, folders=None, uidvalidity=42):
+    def __init__(self, folders=None, uidvalidity=42, say_uidnext=True):
         self.folders = folders if folders is not None else {"INBOX": []}
         self.uidvalidity = uidvalidity
+        self.say_uidnext = say_uidnext  # False: UIDNEXT left out everywhere
         self.lock = threading.Lock()
         self.commands = []  # every line received, decoded
         self.dir = tempfile.mkdtemp(prefix="convoyfs-scripted-")
@@ -238,8 +239,9 @@ class ScriptedImap:
                 selected = name
                 out += [b"* %d EXISTS\r\n" % len(box), b"* 0 RECENT\r\n",
                         b"* FLAGS (\\Seen \\Flagged \\Deleted \\Answered \\Draft)\r\n",
-                        b"* OK [UIDVALIDITY %d] ok\r\n" % self.uidvalidity,
-                        b"* OK [UIDNEXT %d] ok\r\n" % ((box[-1].uid if box else 0) + 1)]
+                        b"* OK [UIDVALIDITY %d] ok\r\n" % self.uidvalidity]
+                if self.say_uidnext:
+                    out.append(b"* OK [UIDNEXT %d] ok\r\n" % ((box[-1].uid if box else 0) + 1))
             elif cmd in ("FETCH", "UID FETCH") and selected:
                 out += self._fetch(selected, args, cmd == "UID FETCH")
             elif cmd == "UID SEARCH" and selected:
@@ -265,6 +267,9 @@ class ScriptedImap:
 
     def _status(self, name, box):
         nxt = (box[-1].uid if box else 0) + 1
+        if not self.say_uidnext:
+            return b'* STATUS "%s" (MESSAGES %d UIDVALIDITY %d)\r\n' % (
+                name.encode(), len(box), self.uidvalidity)
         return b'* STATUS "%s" (MESSAGES %d UIDNEXT %d UIDVALIDITY %d)\r\n' % (
             name.encode(), len(box), nxt, self.uidvalidity)
 

@@ -10,6 +10,7 @@ import mmap
 import os
 import re
 import shutil
+import time
 
 import pytest
 
@@ -197,5 +198,30 @@ def test_a_huge_header_literal_costs_no_memory(mount, announce):
         # a build with sanitizers carries their own memory: the bound is
         # what 300 MB held would blow through, not a tight figure
         assert peak < 150 * 1024, "peak RSS %d MiB" % (peak // 1024)
+    finally:
+        s.cleanup()
+
+
+def test_no_uidnext_costs_no_refetch_at_each_poll(mount):
+    """A server that never says UIDNEXT (in EXAMINE or STATUS): after the
+    first sync, polls fetch at most the newest message again, never the
+    folder; new mail is still found."""
+    s = scripted.ScriptedImap(say_uidnext=False)
+    try:
+        for i in range(1, 41):
+            s.add("INBOX", body(i))
+        m = mount(s, options={"poll_interval": "1"})
+        assert len(files(m)) == 40
+        start = len(s.commands)
+        time.sleep(4.5)
+        polls = [c for c in s.commands[start:] if re.search(r"(?i)^\S+ STATUS ", c)]
+        assert len(polls) >= 3, s.commands[start:]
+        fetches = [c for c in s.commands[start:] if re.search(r"(?i)\bFETCH\b", c)]
+        # each poll may ask UID FETCH <uidnext>:* (the server must answer
+        # with its last message), never a range of the folder
+        assert all(re.search(r"(?i)UID FETCH 41:\* ", c) for c in fetches), fetches
+        s.add("INBOX", body(41))
+        harness.wait_until(lambda: len(files(m)) == 41, 15, interval=0.2,
+                           what="new mail without UIDNEXT")
     finally:
         s.cleanup()
