@@ -532,7 +532,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fd = rc ? rc : open_body(fs, (int64_t)ino);
 	}
 	if (fd < 0) {
-		fuse_reply_err(req, fd == -ENOENT ? ENOENT : EIO);
+		/* gone, or the cache's disk full: said as such; any other
+		 * failure to bring the body is an I/O error */
+		fuse_reply_err(req, fd == -ENOENT || fd == -ENOSPC ? -fd : EIO);
 		return;
 	}
 	fi->fh = (uint64_t)fd;

@@ -10,6 +10,7 @@
 #include "engine.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,6 +169,14 @@ out_folder:
 	store_folder_release(&fo);
 out_msg:
 	store_msg_release(&m);
+	if (rc == -ENOSPC) {
+		char why[PATH_MAX + 64];
+
+		snprintf(why, sizeof(why),
+			 "no space left for bodies in %s", f->s->cfg.cache_dir);
+		sync_set_error(f->s, why);
+		log_warn("%s", why);
+	}
 	return rc;
 }
 

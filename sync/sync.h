@@ -81,7 +81,8 @@ void sync_free(struct sync *s);
  * sync_fetch_body - make the body of @umid present in the body cache,
  * fetching it on a fetcher connection if needed. Waits at most the
  * configured timeout. Returns 0 (cached), -ENOENT (the message is gone
- * from the server), -EIO (network failure or timeout), -ESHUTDOWN.
+ * from the server), -ENOSPC (the cache's disk is full), -EIO (network
+ * failure or timeout), -ESHUTDOWN.
  * Thread: any (FUSE workers call it).
  */
 int sync_fetch_body(struct sync *s, int64_t umid);

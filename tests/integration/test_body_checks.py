@@ -10,6 +10,8 @@ import mmap
 import os
 import re
 import shutil
+import sqlite3
+import subprocess
 import time
 
 import pytest
@@ -225,3 +227,41 @@ def test_no_uidnext_costs_no_refetch_at_each_poll(mount):
                            what="new mail without UIDNEXT")
     finally:
         s.cleanup()
+
+
+def test_full_cache_disk_says_enospc_and_recovers(mount, tmp_path):
+    """The cache directory on a 2 MB tmpfs, filled up after the first
+    sync: a read of mail not cached fails with ENOSPC (not EIO), the
+    status file says why, the store stays intact, and reads work again
+    once there is room."""
+    cache = tmp_path / "small"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(cache)],
+                   check=True)
+    s = scripted.ScriptedImap()
+    try:
+        msgs = [s.add("INBOX", body(i, extra=b"y" * 200_000)) for i in range(1, 4)]
+        m = mount(s, cache_dir=str(cache / "c"))
+        f = files(m)
+        filler = cache / "filler"
+        with open(filler, "wb") as fh:
+            with pytest.raises(OSError) as e:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            assert e.value.errno == errno.ENOSPC
+        with pytest.raises(OSError) as e:
+            with open(f[1], "rb") as fh:
+                fh.read()
+        assert e.value.errno == errno.ENOSPC, e.value
+        assert re.search(r"(?m)^last error: no space left for bodies in ", m.status())
+        os.unlink(filler)
+        with open(f[1], "rb") as fh:
+            assert fh.read() == msgs[0].data
+        m.stop()
+        con = sqlite3.connect(str(cache / "c" / "cache.db"))
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        con.close()
+    finally:
+        s.cleanup()
+        subprocess.run(["umount", "-l", str(cache)], check=False)
