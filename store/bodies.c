@@ -13,6 +13,7 @@
 #define LOG_CAT "store"
 #include "common.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -437,4 +438,112 @@ int store_body_trim(struct store *s, uint64_t budget)
 	free(victims);
 out:
 	return store_tx_end(s, own, rc);
+}
+
+/* ---- what a crash leaves behind ---- */
+
+/* whether statement @id, with @umid bound, finds a row */
+static int has_row(struct store *s, enum store_stmt id, int64_t umid,
+		   bool *yes)
+{
+	sqlite3_stmt *st;
+	int rc = store_prepare(s, id, &st);
+
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, umid);
+	rc = sqlite3_step(st);
+	*yes = rc == SQLITE_ROW;
+	rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : store_fail(s, id, rc);
+	store_done(st);
+	return rc;
+}
+
+/* one file of a body directory: a temporary one goes; a body with no
+ * row gets one if its message is still there, else goes */
+static void sweep_file(struct store *s, const char *dir, const char *name,
+		       struct store_sweep *out)
+{
+	char path[PATH_MAX];
+	struct stat sb;
+	char *end;
+	long long umid;
+	bool yes;
+
+	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path))
+		return;
+	if (!strncmp(name, ".tmp-", 5)) {
+		/* left by a process that died writing it */
+		if (!unlink(path))
+			out->temporary++;
+		return;
+	}
+	umid = strtoll(name, &end, 10);
+	if (*end || umid <= 0 || lstat(path, &sb) || !S_ISREG(sb.st_mode))
+		return;
+	if (has_row(s, ST_BODY_HAS, umid, &yes) || yes)
+		return;
+	if (!has_row(s, ST_MSG_HAS, umid, &yes) && yes &&
+	    !body_row_put(s, umid, (uint64_t)sb.st_size)) {
+		/* renamed into place, and the crash came before its row */
+		out->adopted++;
+		return;
+	}
+	if (!unlink(path))
+		out->dropped++;
+}
+
+int store_body_sweep(struct store *s, struct store_sweep *out)
+{
+	int64_t *gone = NULL;
+	size_t ngone = 0, cap = 0;
+	sqlite3_stmt *st;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	for (unsigned i = 0; i < 256; i++) {
+		char dir[PATH_MAX];
+		struct dirent *e;
+		DIR *d;
+
+		snprintf(dir, sizeof(dir), "%s/%02x", s->bodydir, i);
+		d = opendir(dir);
+		if (!d)
+			continue;
+		while ((e = readdir(d)))
+			if (e->d_name[0] != '.' || !strncmp(e->d_name, ".tmp-", 5))
+				sweep_file(s, dir, e->d_name, out);
+		closedir(d);
+	}
+	/* rows whose file is gone: not cached, and not to be counted */
+	rc = store_prepare(s, ST_BODY_ALL, &st);
+	if (rc)
+		return rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		int64_t umid = sqlite3_column_int64(st, 0);
+		char path[PATH_MAX];
+
+		if (store_body_path(s, umid, path) || !access(path, F_OK))
+			continue;
+		if (ngone == cap) {
+			cap = cap ? 2 * cap : 64;
+			gone = xrealloc(gone, cap * sizeof(*gone));
+		}
+		gone[ngone++] = umid;
+	}
+	rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_BODY_ALL, rc);
+	store_done(st);
+	for (size_t i = 0; !rc && i < ngone; i++) {
+		rc = store_prepare(s, ST_BODY_DELETE, &st);
+		if (rc)
+			break;
+		sqlite3_bind_int64(st, 1, gone[i]);
+		rc = sqlite3_step(st);
+		rc = rc == SQLITE_DONE ? 0 : store_fail(s, ST_BODY_DELETE, rc);
+		store_done(st);
+		if (!rc)
+			out->rows++;
+	}
+	free(gone);
+	return rc;
 }

@@ -129,6 +129,12 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"SELECT coalesce(sum(size), 0) FROM bodies" },
 	[ST_BODY_LRU] = { "body_lru",
 		"SELECT umid, size FROM bodies ORDER BY last_read, umid" },
+	[ST_BODY_HAS] = { "body_has",
+		"SELECT 1 FROM bodies WHERE umid = ?1" },
+	[ST_BODY_ALL] = { "body_all",
+		"SELECT umid FROM bodies ORDER BY umid" },
+	[ST_MSG_HAS] = { "msg_has",
+		"SELECT 1 FROM messages WHERE umid = ?1" },
 
 	/* ---- conversations.c ---- */
 	[ST_SAVEPOINT] = { "savepoint", "SAVEPOINT conv" },

@@ -282,6 +282,23 @@ int store_body_open(struct store *s, int64_t umid);
 /* store_body_cached - whether @umid's body is in the cache. */
 bool store_body_cached(struct store *s, int64_t umid);
 
+/* what store_body_sweep found */
+struct store_sweep {
+	size_t temporary; /* temporary files removed */
+	size_t adopted; /* bodies with no row, given one */
+	size_t dropped; /* bodies of messages no longer known, removed */
+	size_t rows; /* rows whose file was missing, removed */
+};
+
+/*
+ * store_body_sweep - put the body cache in order after a crash: remove
+ * temporary files, give a row to a body renamed into place whose row
+ * was never committed (so the budget counts every file), remove bodies
+ * of messages the store no longer has, and rows whose file is gone.
+ * Call it before any body is written (no fetcher running).
+ */
+int store_body_sweep(struct store *s, struct store_sweep *out);
+
 struct store_body_writer;
 
 /*

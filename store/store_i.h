@@ -40,6 +40,9 @@ enum store_stmt {
 	ST_BODY_DELETE,
 	ST_BODY_TOTAL,
 	ST_BODY_LRU,
+	ST_BODY_HAS,
+	ST_BODY_ALL,
+	ST_MSG_HAS,
 	/* conversations.c */
 	ST_SAVEPOINT,
 	ST_RELEASE,

@@ -781,6 +781,18 @@ int sync_start(struct sync *s)
 	rc = store_open(s->cfg.cache_dir, &s->st);
 	if (rc)
 		return rc;
+	/* before any fetcher writes a body: what a crash left behind */
+	{
+		struct store_sweep sw;
+
+		if (!store_body_sweep(s->st, &sw) &&
+		    (sw.temporary || sw.adopted || sw.dropped || sw.rows))
+			log_info("body cache put in order: %zu temporary files "
+				 "removed, %zu bodies accounted for, %zu of "
+				 "unknown messages removed, %zu rows without a "
+				 "file dropped",
+				 sw.temporary, sw.adopted, sw.dropped, sw.rows);
+	}
 	rc = fetch_start(s);
 	if (rc)
 		return rc;

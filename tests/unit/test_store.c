@@ -1297,6 +1297,74 @@ static int test_trim(void)
 	return 0;
 }
 
+/*
+ * What a crash leaves in the body cache is put in order at start: a
+ * temporary file goes; a body renamed into place whose row was never
+ * committed gets one (so the budget counts it), with its real length;
+ * a body of a message the store does not have goes; a row whose file
+ * is gone goes. Bodies in order are left alone.
+ */
+static void body_file(const char *dir, int64_t umid, char *buf)
+{
+	snprintf(buf, PATH_MAX, "%s/bodies/%02x/%lld", dir,
+		 (unsigned)(umid & 0xff), (long long)umid);
+}
+
+static int test_sweep(void)
+{
+	char *dir = test_dir("sweep"), path[PATH_MAX], tmp[PATH_MAX + 32];
+	int64_t folder, umid[4];
+	struct store_sweep sw;
+	struct store *s;
+	sqlite3 *db;
+	FILE *f;
+
+	CHECK_RC(store_open(dir, &s), 0);
+	db = raw_open(dir);
+	folder = add_folder(s, "INBOX");
+	for (int i = 0; i < 4; i++) {
+		CHECK_RC(put_msg(s, folder, (uint32_t)i + 1, "", &umid[i]), 0);
+		CHECK_RC(write_body(s, umid[i], "0123456789", 10), 0);
+	}
+	/* 0: in order. 1: its row lost (the crash between rename and row).
+	 * 2: its row's file lost. 3: its message gone from the store. */
+	CHECK(raw_int(db, "DELETE FROM bodies WHERE umid = ? RETURNING 1",
+		      umid[1]) == 1);
+	body_file(dir, umid[2], path);
+	CHECK(unlink(path) == 0);
+	CHECK(raw_int(db, "DELETE FROM bodies WHERE umid = ? RETURNING 1",
+		      umid[3]) == 1);
+	/* as a crash between the row's delete and the file's would */
+	CHECK(raw_int(db, "DELETE FROM messages WHERE umid = ? RETURNING 1",
+		      umid[3]) == 1);
+	/* and a temporary file of a writer that died */
+	snprintf(tmp, sizeof(tmp), "%s/bodies/%02x/.tmp-%lld-1-1", dir,
+		 (unsigned)(umid[0] & 0xff), (long long)umid[0]);
+	f = fopen(tmp, "w");
+	CHECK(f != NULL);
+	fputs("half", f);
+	fclose(f);
+
+	CHECK_RC(store_body_sweep(s, &sw), 0);
+	CHECK(sw.temporary == 1 && sw.adopted == 1 && sw.dropped == 1 &&
+	      sw.rows == 1);
+	CHECK(access(tmp, F_OK) != 0);
+	CHECK(store_body_cached(s, umid[0]) && store_body_cached(s, umid[1]));
+	CHECK(!store_body_cached(s, umid[2]) && !store_body_cached(s, umid[3]));
+	CHECK(raw_int(db, "SELECT size FROM bodies WHERE umid = ?", umid[1]) ==
+	      10);
+	CHECK(raw_int(db, "SELECT count(*) FROM bodies", 0) == 2);
+	body_file(dir, umid[3], path);
+	CHECK(access(path, F_OK) != 0);
+	/* a second sweep finds nothing */
+	CHECK_RC(store_body_sweep(s, &sw), 0);
+	CHECK(!sw.temporary && !sw.adopted && !sw.dropped && !sw.rows);
+	sqlite3_close(db);
+	store_close(s);
+	free(dir);
+	return 0;
+}
+
 /* what a damaged cache.db looks like, in several ways */
 static int corrupt_garbage(const char *path)
 {
@@ -1599,6 +1667,7 @@ static const struct {
 	int (*fn)(void);
 } tests[] = {
 	{ "migrate", test_migrate },
+	{ "sweep", test_sweep },
 	{ "migrate_v2", test_migrate_v2 },
 	{ "migrate_v4", test_migrate_v4 },
 	{ "orphans", test_orphans },
