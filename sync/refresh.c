@@ -33,6 +33,14 @@ int sync_grade_errno(int grade)
 	}
 }
 
+/* the UID after @u: UID 4294967295 (a hostile or broken server) must
+ * not wrap a bookmark to 0, which reads as "never seen"; the top
+ * message is then asked again at each refresh, nothing worse */
+static uint32_t uid_after(uint32_t u)
+{
+	return u == UINT32_MAX ? u : u + 1;
+}
+
 static bool stop_now(struct sync *s, struct job *j)
 {
 	return job_is_cancelled(j) || sync_is_stopping(s);
@@ -95,9 +103,9 @@ int refresh_seq_batch(struct sync *s, struct store_folder *f, uint32_t first,
 		/* a message that came without size or date is below what
 		 * the bookmark claims, so the next growth asks for it */
 		if (b.skipped_uid && f->low_uid <= b.skipped_uid)
-			f->low_uid = b.skipped_uid + 1;
+			f->low_uid = uid_after(b.skipped_uid);
 		if (!f->uidnext && b.max_uid)
-			f->uidnext = b.max_uid + 1;
+			f->uidnext = uid_after(b.max_uid);
 		rc = batch_write(&b, true);
 		if (rc) {
 			f->low_uid = low;
@@ -143,8 +151,8 @@ static int fetch_new(struct sync *s, struct store_folder *f,
 		batch_init(&b, s, f, BATCH_NEW);
 		rc = fetch_into(s, &b, &q);
 		if (!rc) {
-			uint32_t next = b_last ? b_last + 1
-					       : (b.max_uid >= a ? b.max_uid + 1
+			uint32_t next = b_last ? uid_after(b_last)
+					       : (b.max_uid >= a ? uid_after(b.max_uid)
 								 : a);
 
 			if (b.skipped_uid && (!hold || b.skipped_uid < hold))

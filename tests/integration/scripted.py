@@ -113,10 +113,10 @@ class ScriptedImap:
         port = self.port if scheme == "imaps" else self.plain_port
         return "%s://%s@%s:%d" % (scheme, self.user, host, port)
 
-    def add(self, folder, data, date=None, flags=()):
+    def add(self, folder, data, date=None, flags=(), uid=None):
         with self.lock:
             box = self.folders.setdefault(folder, [])
-            uid = (box[-1].uid if box else 0) + 1
+            uid = uid or (box[-1].uid if box else 0) + 1
             m = Message(uid, data, date, flags)
             box.append(m)
             return m

@@ -265,3 +265,32 @@ def test_full_cache_disk_says_enospc_and_recovers(mount, tmp_path):
     finally:
         s.cleanup()
         subprocess.run(["umount", "-l", str(cache)], check=False)
+
+
+def test_uid_4294967295_does_not_wrap_the_bookmark(mount):
+    """The highest UID there is: UIDNEXT would be 2^32, which does not
+    fit. A refresh asks for new mail from that UID on, never learns the
+    folder again from the start."""
+    s = scripted.ScriptedImap(say_uidnext=False)
+    try:
+        for i, uid in enumerate((1, 2, 4294967295), 1):
+            s.add("INBOX", body(i), uid=uid)
+        m = mount(s)
+        assert sorted(files(m)) == [1, 2, 4294967295]
+        start = len(s.commands)
+        for _ in range(2):
+            with open(os.path.join(m.path, ".convoyfs", "ctl"), "w") as f:
+                f.write("sync\n")
+            m.wait_idle(30)
+        after = s.commands[start:]
+        assert any(re.search(r"(?i)^\S+ EXAMINE ", c) for c in after), after
+        # no first look again (a FETCH by sequence number), no range
+        # from 1 for new mail
+        assert not any(re.search(r"(?i)^\S+ FETCH ", c) for c in after), after
+        new = [c for c in after if re.search(r"(?i)UID FETCH \d+:\* ", c)]
+        assert new and all("4294967295:*" in c for c in new), after
+        assert sorted(files(m)) == [1, 2, 4294967295]
+        with open(files(m)[4294967295], "rb") as fh:
+            assert fh.read() == s.folders["INBOX"][2].data
+    finally:
+        s.cleanup()
