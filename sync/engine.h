@@ -104,6 +104,8 @@ struct sync {
 	size_t nlisted;
 	bool full_done; /* a full round completed on this connection */
 	bool fresh_list; /* sync_new just listed: the first round need not */
+	int64_t suspect; /* the folder whose job was running when the
+			    connection broke: refreshed last */
 
 	pthread_mutex_t lock; /* guards everything below */
 	pthread_cond_t fetch_wake; /* fetchers: a request or stop */

@@ -336,6 +336,9 @@ static int run_folder(struct job *j, void *arg)
 
 	if (!job_folder(s, fj->folder, &f, &rc))
 		goto out;
+	/* the folder's turn: if the connection breaks now, it goes last
+	 * in the next round; if all goes well, it is back in line */
+	s->suspect = f.id;
 	if (fj->grow) {
 		rc = grow_folder(s, &f, j, fj->to_the_end);
 		note_result(s, f.id, "learning older mail", rc < 0 ? rc : 0);
@@ -347,6 +350,8 @@ static int run_folder(struct job *j, void *arg)
 		if (!rc && !sync_settled(s, &f))
 			rc = submit_grow(s, j, fj);
 	}
+	if (rc != -ENOTCONN && s->suspect == f.id)
+		s->suspect = 0;
 out:
 	store_folder_release(&f);
 	return rc;
@@ -427,13 +432,16 @@ static int run_list(struct job *j, void *arg)
 	for (size_t i = 0; i < n; i++)
 		s->nfolders += !f[i].noselect;
 	pthread_mutex_unlock(&s->lock);
-	for (int pass = 0; pass < 2 && !rc; pass++) {
+	/* INBOX, the others, and last a folder whose refresh lost the
+	 * connection: if something in it breaks every connection, the
+	 * other folders still get their turn */
+	for (int pass = 0; pass < 3 && !rc; pass++) {
 		for (size_t i = 0; i < n && !rc; i++) {
 			struct folder_job *fj;
-
 			bool inbox = !strcasecmp(f[i].name, "INBOX");
+			int want = f[i].id == s->suspect ? 2 : inbox ? 0 : 1;
 
-			if (f[i].noselect || inbox != (pass == 0) ||
+			if (f[i].noselect || want != pass ||
 			    !conn_name_ok(f[i].name))
 				continue;
 			if (poll && !folder_moved(s, &f[i], &rc))

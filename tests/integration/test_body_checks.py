@@ -294,3 +294,39 @@ def test_uid_4294967295_does_not_wrap_the_bookmark(mount):
             assert fh.read() == s.folders["INBOX"][2].data
     finally:
         s.cleanup()
+
+
+class ByeMidFetch(scripted.ScriptedImap):
+    """Every FETCH that reaches INBOX's UID 2 is cut in the middle: the
+    server says BYE and closes the connection."""
+
+    def meta_reply(self, folder, seq, m, items):
+        if folder != "INBOX" or m.uid != 2:
+            return super().meta_reply(folder, seq, m, items)
+
+        def cut():
+            yield b"* %d FETCH (UID 2 FLAGS () " % seq
+            yield b"\r\n* BYE going away\r\n"
+            raise ConnectionAbortedError
+        return [cut()]
+
+
+def test_a_folder_that_breaks_every_connection_does_not_starve_the_others(mount):
+    """INBOX, refreshed first, holds a message whose FETCH always ends in
+    BYE: after the first loss it goes last, so the other folders are
+    learned; the mount stays up and says what failed."""
+    s = ByeMidFetch()
+    try:
+        for i in range(1, 4):
+            s.add("INBOX", body(i))
+            s.add("Other", body(10 + i))
+        m = mount(s, wait_idle=False)
+        d = os.path.join(m.path, "Other")
+        harness.wait_until(lambda: os.path.isdir(d) and len(os.listdir(d)) == 3, 60,
+                           interval=0.2, what="Other learned despite INBOX")
+        with open(os.path.join(d, sorted(os.listdir(d))[0]), "rb") as fh:
+            assert fh.read().startswith(b"From: a@b.test")
+        assert re.search(r"(?m)^connection: ", m.status())
+        assert "connection lost" in m.stderr()
+    finally:
+        s.cleanup()
