@@ -39,6 +39,11 @@ struct tls_stream {
 	bool failed; /* fatal TLS error: send no close_notify */
 	bool host_is_ip;
 	int timeout_ms;
+	/* a reply must bring TRICKLE_MIN bytes per timeout, or be whole:
+	 * a server sending a byte now and then cannot hold a command (and
+	 * a reader waiting on it) for ever. Reset when a command is sent */
+	long long window_ms; /* when the current window began */
+	size_t window_bytes; /* bytes read in it */
 	char *host; /* owned: as given, for messages and verification */
 	char *port; /* owned */
 	char *cafile; /* owned, may be NULL */
@@ -316,10 +321,30 @@ out_setup:
 	return -EINVAL;
 }
 
+/* bytes a reply must bring per timeout */
+#define TRICKLE_MIN 1024
+
+static void window_reset(struct tls_stream *t)
+{
+	t->window_ms = now_ms();
+	t->window_bytes = 0;
+}
+
+/* @n bytes came: a window that has its share starts anew */
+static ssize_t window_count(struct tls_stream *t, ssize_t n)
+{
+	t->window_bytes += (size_t)n;
+	if (t->window_bytes >= TRICKLE_MIN)
+		window_reset(t);
+	return n;
+}
+
 static ssize_t tls_read(mailstream_low *s, void *buf, size_t count)
 {
 	struct tls_stream *t = s->data;
-	long long deadline = now_ms() + t->timeout_ms;
+	/* within the timeout of the window's start, not of this read's:
+	 * a byte now and then does not keep the wait going */
+	long long deadline = t->window_ms + t->timeout_ms;
 	struct tls_sigpipe g;
 	short events;
 	size_t n;
@@ -332,7 +357,7 @@ static ssize_t tls_read(mailstream_low *s, void *buf, size_t count)
 		if (!t->tls) {
 			r = recv(t->fd, buf, count, 0);
 			if (r > 0)
-				return r;
+				return window_count(t, r);
 			if (r == 0) {
 				log_debug("%s closed the connection", t->host);
 				return -1;
@@ -353,7 +378,7 @@ static ssize_t tls_read(mailstream_low *s, void *buf, size_t count)
 			e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, 0);
 			sigpipe_unblock(&g);
 			if (r == 1)
-				return n;
+				return window_count(t, (ssize_t)n);
 			if (e == SSL_ERROR_WANT_READ) {
 				events = POLLIN;
 			} else if (e == SSL_ERROR_WANT_WRITE) {
@@ -372,7 +397,12 @@ static ssize_t tls_read(mailstream_low *s, void *buf, size_t count)
 		if (rc) {
 			/* a partial record may be left behind: unusable */
 			t->failed = true;
-			if (rc == -ETIMEDOUT)
+			if (rc == -ETIMEDOUT && t->window_bytes)
+				log_warn("%s sends too slowly (%zu bytes in %d "
+					 "s), giving up",
+					 t->host, t->window_bytes,
+					 t->timeout_ms / 1000);
+			else if (rc == -ETIMEDOUT)
 				log_warn("no data from %s for %d s, giving up",
 					 t->host, t->timeout_ms / 1000);
 			else
@@ -400,8 +430,10 @@ static ssize_t tls_write(mailstream_low *s, const void *buf, size_t count)
 	for (;;) {
 		if (!t->tls) {
 			r = send(t->fd, buf, count, MSG_NOSIGNAL);
-			if (r >= 0)
+			if (r >= 0) {
+				window_reset(t); /* a command: a reply to wait for */
 				return r;
+			}
 			if (errno == EINTR)
 				continue;
 			if (errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -419,8 +451,10 @@ static ssize_t tls_write(mailstream_low *s, const void *buf, size_t count)
 			r = SSL_write_ex(t->ssl, buf, count, &n);
 			e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, 0);
 			sigpipe_unblock(&g);
-			if (r == 1)
+			if (r == 1) {
+				window_reset(t); /* a command: a reply to wait for */
 				return n;
+			}
 			if (e == SSL_ERROR_WANT_WRITE) {
 				events = POLLOUT;
 			} else if (e == SSL_ERROR_WANT_READ) {
@@ -522,6 +556,7 @@ int tls_open(const struct tls_opts *o, mailstream **out, char *err,
 	t->cafile = o->cafile ? xstrdup(o->cafile) : NULL;
 	t->host_is_ip = tls_is_ip(t->host);
 	t->timeout_ms = (o->timeout > 0 ? o->timeout : 30) * 1000;
+	window_reset(t); /* the greeting's */
 
 	/* trust store first: a bad cafile is reported without a network */
 	t->ctx = tls_ctx_new(t, err, errlen);

@@ -330,3 +330,62 @@ def test_a_folder_that_breaks_every_connection_does_not_starve_the_others(mount)
         assert "connection lost" in m.stderr()
     finally:
         s.cleanup()
+
+
+class Trickle(scripted.ScriptedImap):
+    """UID 1's body comes a byte a second: each read gets something well
+    within the timeout, the reply never ends in it."""
+
+    def body_reply(self, folder, seq, m):
+        if m.uid != 1:
+            return super().body_reply(folder, seq, m)
+
+        def slow():
+            yield b"* %d FETCH (UID 1 BODY[] {%d}\r\n" % (seq, len(m.data))
+            for i in range(len(m.data)):
+                time.sleep(1)
+                yield m.data[i:i + 1]
+            yield b")\r\n"
+        return [slow()]
+
+    def _serve(self, f):
+        # flush after every chunk, so the trickle reaches the client
+        class Flushing:
+            def __init__(self, f):
+                self.f = f
+
+            def write(self, b):
+                self.f.write(b)
+                self.f.flush()
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+            def __iter__(self):
+                return iter(self.f)
+        return super()._serve(Flushing(f))
+
+
+def test_a_trickling_server_cannot_hold_a_read_for_ever(mount):
+    """With timeout=3, a body sent a byte a second fails the read with
+    EIO within a few seconds (the reply must bring 1 KiB per timeout or
+    be whole), not after the 200 s the trickle would take; the mount
+    stays usable."""
+    s = Trickle()
+    try:
+        for i in range(1, 3):
+            s.add("INBOX", body(i))
+        m = mount(s, options={"timeout": "3"})
+        f = files(m)
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as e:
+            with open(f[1], "rb") as fh:
+                fh.read()
+        took = time.monotonic() - t0
+        assert e.value.errno == errno.EIO
+        assert took < 12, "the read took %.1f s" % took
+        assert "sends too slowly" in m.stderr()
+        with open(f[2], "rb") as fh:
+            assert fh.read() == s.folders["INBOX"][1].data
+    finally:
+        s.cleanup()
