@@ -51,7 +51,9 @@ void args_usage(FILE *out)
 	      "  auth=login|plain       LOGIN (default) or AUTHENTICATE PLAIN;\n"
 	      "                         PLAIN is used anyway when LOGIN is "
 	      "disabled\n"
-	      "  allow_other            let other users see the mount\n",
+	      "  allow_other            let other users see the mount\n"
+	      "  nonempty               mount over a directory that is not "
+	      "empty\n",
 	      out);
 }
 
@@ -198,7 +200,10 @@ static int parse_opts(char *opts, struct fs_args *a, struct opt_seen *seen,
 
 		if (v)
 			*v++ = '\0';
-		if (!strcmp(o, "cafile") && v) {
+		if ((!strcmp(o, "cafile") || !strcmp(o, "cache_dir")) && v &&
+		    !*v) {
+			goto bad;
+		} else if (!strcmp(o, "cafile") && v) {
 			free(a->cfg.cafile);
 			a->cfg.cafile = xstrdup(v);
 		} else if (!strcmp(o, "password_command") && v) {
@@ -262,6 +267,8 @@ static int parse_opts(char *opts, struct fs_args *a, struct opt_seen *seen,
 				goto bad;
 		} else if (!strcmp(o, "allow_other") && !v) {
 			a->allow_other = true;
+		} else if (!strcmp(o, "nonempty") && !v) {
+			a->nonempty = true;
 		} else {
 			snprintf(err, errlen, "unknown option %s", o);
 			return -EINVAL;
@@ -283,6 +290,31 @@ static char *default_cache_dir(const char *user, const char *host)
 		return xasprintf("%s/convoyfs/%s@%s", xdg, user, host);
 	return xasprintf("%s/.cache/convoyfs/%s@%s", home ? home : "/tmp", user,
 			 host);
+}
+
+/*
+ * @path made absolute from the working directory of now, kept as given
+ * otherwise: the daemon works from / (fuse_daemonize changes to it, in
+ * the foreground too), and a file named on the command line must still
+ * be found there, by the fetchers' first connection or the store.
+ */
+static int make_absolute(char **path, char *err, size_t errlen)
+{
+	char *cwd, *abs;
+
+	if (!*path || (*path)[0] == '/')
+		return 0;
+	cwd = getcwd(NULL, 0);
+	if (!cwd) {
+		snprintf(err, errlen, "cannot make %s absolute: %s", *path,
+			 strerror(errno));
+		return -EINVAL;
+	}
+	abs = xasprintf("%s/%s", strcmp(cwd, "/") ? cwd : "", *path);
+	free(cwd);
+	free(*path);
+	*path = abs;
+	return 0;
 }
 
 int args_parse(int argc, char **argv, struct fs_args *a, char *err,
@@ -341,6 +373,11 @@ int args_parse(int argc, char **argv, struct fs_args *a, char *err,
 	a->mountpoint = xstrdup(pos[1]);
 	if (!a->cfg.cache_dir)
 		a->cfg.cache_dir = default_cache_dir(a->cfg.user, a->cfg.host);
+	rc = make_absolute(&a->cfg.cache_dir, err, errlen);
+	if (!rc)
+		rc = make_absolute(&a->cfg.cafile, err, errlen);
+	if (rc)
+		return rc;
 	if (!a->cfg.poll_interval)
 		a->cfg.poll_interval = 60;
 	if (!a->cfg.timeout)
@@ -350,6 +387,38 @@ int args_parse(int argc, char **argv, struct fs_args *a, char *err,
 	return 0;
 }
 
+/*
+ * The password is the first @n bytes of @line, its line end included.
+ * One LF ends it (the lines after it are not the password); a CR or a
+ * NUL left in it is refused here, not cut at: cut, it would log in with
+ * a password other than the one written, and the IMAP library sends a CR
+ * raw into the command. @from says where it came from, for @err.
+ */
+static int take_line(char *line, size_t n, const char *from, char *err,
+		     size_t errlen)
+{
+	if (n && line[n - 1] == '\n')
+		line[--n] = '\0';
+	if (memchr(line, '\0', n)) {
+		snprintf(err, errlen, "the password %s contains a NUL byte: "
+			 "refused", from);
+		return -EINVAL;
+	}
+	if (memchr(line, '\r', n)) {
+		snprintf(err, errlen, "the password %s contains a carriage "
+			 "return (CR): refused", from);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void wipe(char *s, size_t n)
+{
+	if (s)
+		explicit_bzero(s, n);
+	free(s);
+}
+
 /* first line of @cmd's output, run by /bin/sh */
 static int from_command(const char *cmd, char **out, char *err, size_t errlen)
 {
@@ -357,7 +426,7 @@ static int from_command(const char *cmd, char **out, char *err, size_t errlen)
 	char *line = NULL;
 	size_t cap = 0;
 	ssize_t n;
-	int status;
+	int status, rc;
 
 	if (!p) {
 		snprintf(err, errlen, "cannot run password_command: %s",
@@ -371,76 +440,141 @@ static int from_command(const char *cmd, char **out, char *err, size_t errlen)
 	status = pclose(p);
 	if (n <= 0 || status == -1 || !WIFEXITED(status) ||
 	    WEXITSTATUS(status) != 0) {
-		if (line)
-			explicit_bzero(line, cap);
-		free(line);
+		wipe(line, cap);
 		snprintf(err, errlen,
 			 "password_command failed or printed nothing");
 		return -EIO;
 	}
-	if ((size_t)n != strlen(line)) {
-		explicit_bzero(line, cap);
-		free(line);
-		snprintf(err, errlen, "password contains a NUL byte");
-		return -EINVAL;
+	rc = take_line(line, (size_t)n, "from password_command", err, errlen);
+	if (rc) {
+		wipe(line, cap);
+		return rc;
 	}
-	line[strcspn(line, "\r\n")] = '\0';
 	*out = line;
 	return 0;
 }
 
-/* ~/.netrc: machine HOST login USER password PASS (tokens, any layout) */
-static int from_netrc(const struct sync_config *cfg, char **out)
+/* the bytes of @f, malloc'ed into *@buf (*@len of them) */
+static int read_all(FILE *f, char **buf, size_t *len)
+{
+	size_t cap = 4096, n = 0, got;
+	char *b = xmalloc(cap);
+
+	while ((got = fread(b + n, 1, cap - n, f)) > 0) {
+		n += got;
+		if (n == cap) {
+			/* grow by hand: realloc would leave a copy of the
+			 * passwords read so far behind */
+			char *bigger = xmalloc(cap * 2);
+
+			memcpy(bigger, b, n);
+			wipe(b, cap);
+			b = bigger;
+			cap *= 2;
+		}
+	}
+	if (ferror(f)) {
+		wipe(b, cap);
+		return -EIO;
+	}
+	*buf = b;
+	*len = n;
+	return 0;
+}
+
+static bool is_blank(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' ||
+	       c == '\v';
+}
+
+/* the next token of @buf from *@pos (a run of bytes other than white
+ * space, NUL bytes included) into @tok and @n; false at the end */
+static bool next_token(const char *buf, size_t len, size_t *pos,
+		       const char **tok, size_t *n)
+{
+	size_t i = *pos, start;
+
+	while (i < len && is_blank(buf[i]))
+		i++;
+	start = i;
+	while (i < len && !is_blank(buf[i]))
+		i++;
+	*pos = i;
+	*tok = buf + start;
+	*n = i - start;
+	return *n > 0;
+}
+
+static bool token_is(const char *tok, size_t n, const char *word)
+{
+	return strlen(word) == n && !memcmp(tok, word, n);
+}
+
+/*
+ * ~/.netrc: machine HOST login USER password PASS (tokens, any layout).
+ * Read whole and split by hand, not by fscanf("%s"), which stops at
+ * nothing but white space and so would keep a NUL inside a token that C
+ * strings then cut, and splits a long password in two.
+ */
+static int from_netrc(const struct sync_config *cfg, char **out, char *err,
+		      size_t errlen)
 {
 	const char *home = getenv("HOME");
-	char path[4096], tok[512], *pw = NULL;
-	bool in_machine = false, user_ok = false;
-	char *pending_pw = NULL;
+	const char *tok, *pw = NULL;
+	char path[4096], *buf;
+	bool in_machine = false, user_ok = false, found = false;
+	size_t len, pos = 0, n, pwlen = 0;
 	struct stat st;
 	FILE *f;
+	int rc;
 
 	if (!home)
 		return -ENOENT;
 	snprintf(path, sizeof(path), "%s/.netrc", home);
-	f = fopen(path, "r");
+	f = fopen(path, "re");
 	if (!f)
 		return -ENOENT;
 	if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077))
 		fprintf(stderr,
 			"convoyfs: warning: %s is readable by others\n", path);
-	while (!pw && fscanf(f, "%511s", tok) == 1) {
-		if (!strcmp(tok, "machine") || !strcmp(tok, "default")) {
-			if (in_machine && user_ok && pending_pw) {
-				pw = pending_pw;
-				pending_pw = NULL;
+	rc = read_all(f, &buf, &len);
+	fclose(f);
+	if (rc)
+		return -ENOENT;
+	while (next_token(buf, len, &pos, &tok, &n)) {
+		if (token_is(tok, n, "machine") ||
+		    token_is(tok, n, "default")) {
+			if (in_machine && user_ok && pw) {
+				found = true;
 				break;
 			}
-			free(pending_pw);
-			pending_pw = NULL;
+			pw = NULL;
 			user_ok = false;
-			in_machine = !strcmp(tok, "default");
-			if (!in_machine && fscanf(f, "%511s", tok) == 1)
-				in_machine = !strcmp(tok, cfg->host);
-		} else if (!strcmp(tok, "login") &&
-			   fscanf(f, "%511s", tok) == 1) {
-			user_ok = !strcmp(tok, cfg->user);
-		} else if (!strcmp(tok, "password") &&
-			   fscanf(f, "%511s", tok) == 1) {
-			free(pending_pw);
-			pending_pw = xstrdup(tok);
+			in_machine = token_is(tok, n, "default");
+			if (!in_machine && next_token(buf, len, &pos, &tok, &n))
+				in_machine = token_is(tok, n, cfg->host);
+		} else if (token_is(tok, n, "login") &&
+			   next_token(buf, len, &pos, &tok, &n)) {
+			user_ok = token_is(tok, n, cfg->user);
+		} else if (token_is(tok, n, "password") &&
+			   next_token(buf, len, &pos, &tok, &n)) {
+			pw = tok;
+			pwlen = n;
 		}
 	}
-	if (!pw && in_machine && user_ok && pending_pw) {
-		pw = pending_pw;
-		pending_pw = NULL;
+	found = found || (in_machine && user_ok && pw);
+	rc = -ENOENT;
+	if (found && memchr(pw, '\0', pwlen)) {
+		snprintf(err, errlen, "the password in %s contains a NUL "
+			 "byte: refused", path);
+		rc = -EINVAL;
+	} else if (found) {
+		*out = xstrndup(pw, pwlen);
+		rc = 0;
 	}
-	free(pending_pw);
-	explicit_bzero(tok, sizeof(tok));
-	fclose(f);
-	if (!pw)
-		return -ENOENT;
-	*out = pw;
-	return 0;
+	wipe(buf, len);
+	return rc;
 }
 
 static int from_prompt(const struct sync_config *cfg, char **out, char *err,
@@ -450,6 +584,7 @@ static int from_prompt(const struct sync_config *cfg, char **out, char *err,
 	char *line = NULL;
 	size_t cap = 0;
 	ssize_t n;
+	int rc;
 
 	if (!isatty(STDIN_FILENO)) {
 		snprintf(err, errlen,
@@ -466,11 +601,15 @@ static int from_prompt(const struct sync_config *cfg, char **out, char *err,
 	tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
 	fputc('\n', stderr);
 	if (n <= 0) {
-		free(line);
+		wipe(line, cap);
 		snprintf(err, errlen, "no password given");
 		return -EINVAL;
 	}
-	line[strcspn(line, "\r\n")] = '\0';
+	rc = take_line(line, (size_t)n, "typed", err, errlen);
+	if (rc) {
+		wipe(line, cap);
+		return rc;
+	}
 	*out = line;
 	return 0;
 }
@@ -482,13 +621,13 @@ int args_password(struct fs_args *a, char *err, size_t errlen)
 
 	if (a->password_command)
 		rc = from_command(a->password_command, &pw, err, errlen);
-	else if ((rc = from_netrc(&a->cfg, &pw)) == -ENOENT)
+	else if ((rc = from_netrc(&a->cfg, &pw, err, errlen)) == -ENOENT)
 		rc = from_prompt(&a->cfg, &pw, err, errlen);
 	if (rc)
 		return rc;
+	/* each source refused what it must; this guards the next one */
 	if (has_bad_chars(pw)) {
-		explicit_bzero(pw, strlen(pw));
-		free(pw);
+		wipe(pw, strlen(pw));
 		snprintf(err, errlen, "password contains CR or LF: refused");
 		return -EINVAL;
 	}

@@ -27,13 +27,16 @@ struct fs_args {
 	char *debug_cats; /* owned, may be NULL: -o debug=CATS */
 	char *password_command; /* owned, may be NULL */
 	bool allow_other;
+	bool nonempty; /* -o nonempty: mount over a directory with files */
 	struct sync_config cfg; /* filled from the URL and -o options */
 };
 
 /*
  * args_parse - parse `convoyfs [-f] [-d] [-o OPT[,OPT...]] URL MOUNTPOINT`.
  * Returns 0, or -EINVAL with one line in @err. Fills defaults (port,
- * cache_dir, poll_interval, timeout).
+ * cache_dir, poll_interval, timeout). cafile and cache_dir come out
+ * absolute, taken from the working directory now: the daemon works
+ * from / (password_command is a command, run as given).
  */
 int args_parse(int argc, char **argv, struct fs_args *a, char *err,
 	       size_t errlen);
@@ -106,8 +109,17 @@ void tree_moved(const struct tree *old, const struct tree *now,
 struct fs;
 
 /*
+ * fs_check_mountpoint - whether @a->mountpoint may be mounted on: an
+ * existing directory, not a mount point already, and empty unless
+ * -o nonempty. Makes @a->mountpoint its absolute real path (the daemon
+ * unmounts it from /). Returns 0, or -errno with one line in @err.
+ */
+int fs_check_mountpoint(struct fs_args *a, char *err, size_t errlen);
+
+/*
  * fs_run - mount at @a->mountpoint, daemonize unless foreground, start
- * @sync and serve until unmounted or signalled. Returns the exit status.
+ * @sync and serve until unmounted or signalled (SIGINT, SIGTERM, SIGHUP).
+ * Returns the exit status: 0 for an unmount or a signal, 1 on failure.
  */
 int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv);
 

@@ -424,4 +424,23 @@ int store_conv_add_ids(struct store *s, const char *const *ids, size_t n,
 int store_conv_unthreaded(struct store *s, int64_t after, size_t max,
 			  struct store_msg *out, size_t *n);
 
+/* ---- one process per store (lock.c) ---- */
+
+struct store_lock;
+
+/*
+ * store_lock_take - hold the store in directory @dir (created 0700 if
+ * missing) for this process: an exclusive flock on @dir/lock, kept until
+ * store_lock_release() or exit, also by a child made by fork() (the
+ * daemon) after the parent is gone. @note (one line, may be NULL) is
+ * written into the file, for whoever finds the store taken to read.
+ * Returns 0 and *@out, -EBUSY when another process holds it, or -errno;
+ * on failure one line in @err (it runs before the mount, on the
+ * terminal) and nothing logged.
+ */
+int store_lock_take(const char *dir, const char *note,
+		    struct store_lock **out, char *err, size_t errlen);
+/* store_lock_release - let go of the store; NULL is fine. */
+void store_lock_release(struct store_lock *l);
+
 #endif

@@ -150,9 +150,9 @@ void sync_made_progress(struct sync *s);
 /* the link dropped during a command: send smaller batches */
 void sync_batch_failed(struct sync *s);
 
-/* sync_work_waiting - something was asked for or pushed and waits to
- * be queued: long work should let it run first */
-bool sync_work_waiting(struct sync *s);
+/* sync_work_waiting - work for a folder other than @f was asked for or
+ * pushed and waits: long work on @f should let it run first */
+bool sync_work_waiting(struct sync *s, const struct store_folder *f);
 
 /* sync_push - the server says folder @name (raw) changed: refresh it
  * soon, ahead of the round. Thread: any (the watcher). */

@@ -224,7 +224,7 @@ static int fetch_todo(struct step *st, int64_t claim)
 		}
 		/* a refresh pushed meanwhile goes first: the next step
 		 * searches again for what is left */
-		if (done && sync_work_waiting(s))
+		if (done && sync_work_waiting(s, f))
 			break;
 		newest_chunk(st->todo, left, max, r, &nr, &take);
 		batch_init(&b, s, f, BATCH_NEW);

@@ -490,12 +490,17 @@ void sync_push(struct sync *s, const char *name)
 	ask(s, 0, name, false);
 }
 
-bool sync_work_waiting(struct sync *s)
+bool sync_work_waiting(struct sync *s, const struct store_folder *f)
 {
-	bool r;
+	bool r = false;
 
 	pthread_mutex_lock(&s->lock);
-	r = s->nasked > 0;
+	for (size_t i = 0; i < s->nasked && !r; i++) {
+		const struct asked_folder *a = &s->asked[i];
+
+		/* a refresh of @f itself can wait for the step to end */
+		r = a->id ? a->id != f->id : strcmp(a->name, f->name) != 0;
+	}
 	pthread_mutex_unlock(&s->lock);
 	return r;
 }
