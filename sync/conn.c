@@ -265,7 +265,23 @@ static int conn_open_fail(struct conn_priv *p, int rc, const char *what,
 static int conn_capability(mailimap *imap)
 {
 	struct mailimap_capability_data *cd = NULL;
-	int r = mailimap_capability(imap, &cd);
+	struct mailimap_connection_info *ci = imap->imap_connection_info;
+	clist *none;
+	int r;
+
+	/*
+	 * libetpan 1.9.4 answers an OK by copying the cached list without
+	 * looking: with no list yet (none in the greeting) and a reply
+	 * without a CAPABILITY line, it dereferences NULL. An empty list
+	 * in the cache makes that "no capabilities"; a CAPABILITY line
+	 * replaces it.
+	 */
+	if (ci && !ci->imap_capability && (none = clist_new())) {
+		ci->imap_capability = mailimap_capability_data_new(none);
+		if (!ci->imap_capability)
+			clist_free(none);
+	}
+	r = mailimap_capability(imap, &cd);
 
 	if (cd)
 		mailimap_capability_data_free(cd);

@@ -74,7 +74,7 @@ static int objectid_parse(int calling, mailstream *fd, MMAPString *buf,
 		if (q >= end || *q != '(')
 			return MAILIMAP_ERROR_PARSE;
 		s = ++q;
-		while (q < end && q - s <= 255 &&
+		while (q < end && q - s < 255 &&
 		       (((*q | 0x20) >= 'a' && (*q | 0x20) <= 'z') ||
 			(*q >= '0' && *q <= '9') || *q == '-' || *q == '_'))
 			q++;
@@ -222,8 +222,12 @@ int imap_list(struct conn *c, struct imap_mailbox **out, size_t *n)
 	*out = NULL;
 	*n = 0;
 	rc = mailimap_list(c->imap, "", "*", &list);
-	if (rc != MAILIMAP_NO_ERROR)
+	if (rc != MAILIMAP_NO_ERROR) {
+		/* a tagged NO still hands the list over */
+		if (list)
+			mailimap_list_result_free(list);
 		return grade(c, rc, "list folders");
+	}
 	v = xcalloc(clist_count(list) + 1, sizeof(*v));
 	for (clistiter *it = clist_begin(list); it; it = clist_next(it)) {
 		struct mailimap_mailbox_list *mb = clist_content(it);
@@ -295,10 +299,18 @@ int imap_status(struct conn *c, const char *name, struct imap_box *out)
 	rc = mailimap_status(c->imap, name, atts, &st);
 	mailimap_status_att_list_free(atts);
 	if (rc != MAILIMAP_NO_ERROR) {
+		/* a tagged NO still hands the data over */
+		if (st)
+			mailimap_mailbox_data_status_free(st);
 		what = xasprintf("get the status of folder %s", name);
 		rc = grade(c, rc, what);
 		free(what);
 		return rc;
+	}
+	/* an OK without a STATUS line: libetpan hands over NULL */
+	if (!st) {
+		log_warn("no status of folder %s in the server's reply", name);
+		return IMAP_FOLDER_BAD;
 	}
 	read_status_info(st->st_info_list, out);
 	mailimap_mailbox_data_status_free(st);
@@ -656,11 +668,13 @@ static int fetch_of_set(struct conn *c, struct imap_fetch *f,
 	mailimap_set_msg_att_handler(c->imap, NULL, NULL);
 	mailimap_set_progress_callback(c->imap, NULL, NULL, NULL);
 	free(ctx.hdr);
-	if (result)
+	/* on a tagged NO libetpan has freed both already (and left the
+	 * pointers set) */
+	if (rc == MAILIMAP_NO_ERROR && result)
 		mailimap_fetch_list_free(result);
 	mailimap_fetch_type_free(ft);
 	mailimap_set_free(set);
-	if (van) {
+	if (rc == MAILIMAP_NO_ERROR && van) {
 		take_vanished(f, van->qr_known_uids);
 		mailimap_qresync_vanished_free(van);
 	}
@@ -1047,7 +1061,7 @@ int imap_fetch_body(struct conn *c, uint32_t uid,
 	mailimap_set_msg_body_handler(c->imap, NULL, NULL);
 	mailimap_set_msg_att_handler(c->imap, NULL, NULL);
 	mailimap_set_progress_callback(c->imap, NULL, NULL, NULL);
-	if (result)
+	if (rc == MAILIMAP_NO_ERROR && result) /* see fetch_of_set */
 		mailimap_fetch_list_free(result);
 	mailimap_fetch_type_free(ft);
 	mailimap_set_free(set);
@@ -1195,8 +1209,12 @@ int imap_uid_search_set(struct conn *c, const struct imap_uid_range *v,
 			mailimap_search_key_new_before(search_day(before)));
 	rc = mailimap_uid_search(c->imap, NULL, key, &result);
 	mailimap_search_key_free(key);
-	if (rc != MAILIMAP_NO_ERROR)
+	if (rc != MAILIMAP_NO_ERROR) {
+		/* a tagged NO still hands the result over */
+		if (result)
+			mailimap_search_result_free(result);
 		return grade(c, rc, "search folder");
+	}
 	out = xmalloc((clist_count(result) + 1) * sizeof(*out));
 	for (clistiter *it = clist_begin(result); it; it = clist_next(it)) {
 		uint32_t u = *(uint32_t *)clist_content(it);
