@@ -502,8 +502,7 @@ int store_tx_end(struct store *s, bool own, int rc)
 
 /* ---- opening ---- */
 
-/* mkdir -p @path; each directory it creates gets 0700. */
-static int make_dirs(const char *path)
+int store_make_dirs(const char *path)
 {
 	char *p = xstrdup(path), *q;
 	int rc = 0;
@@ -514,7 +513,7 @@ static int make_dirs(const char *path)
 		if (*q != '/' && !last)
 			continue;
 		*q = '\0';
-		if (mkdir(p, 0700) && errno != EEXIST) {
+		if (*p && mkdir(p, 0700) && errno != EEXIST) {
 			rc = -errno;
 			log_error("cannot create directory %s: %s", p,
 				  strerror(errno));
@@ -803,7 +802,7 @@ int store_open(const char *dir, struct store **out)
 	*out = NULL;
 	if (!dir || !*dir)
 		return -EINVAL;
-	rc = make_dirs(dir);
+	rc = store_make_dirs(dir);
 	if (rc)
 		return rc;
 	rc = private_dir(dir);

@@ -5,7 +5,7 @@
  * the body cache's budget, and a database one of them found damaged
  * would be moved aside under the other's feet.
  */
-#include "store.h"
+#include "store_i.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,30 +23,6 @@
 struct store_lock {
 	int fd;
 };
-
-/* mkdir -p @path, 0700 for what it creates; 0 or -errno */
-static int make_dirs(const char *path)
-{
-	char *p = xstrdup(path), *q;
-	int rc = 0;
-
-	for (q = p + 1;; q++) {
-		bool last = *q == '\0';
-
-		if (*q != '/' && !last)
-			continue;
-		*q = '\0';
-		if (*p && mkdir(p, 0700) && errno != EEXIST) {
-			rc = -errno;
-			break;
-		}
-		if (last)
-			break;
-		*q = '/';
-	}
-	free(p);
-	return rc;
-}
 
 /* what the holder wrote into the lock file, one line, into @buf */
 static void read_note(int fd, char *buf, size_t len)
@@ -66,7 +42,7 @@ int store_lock_take(const char *dir, const char *note,
 	int fd, rc;
 
 	*out = NULL;
-	rc = make_dirs(dir);
+	rc = store_make_dirs(dir);
 	if (rc) {
 		snprintf(err, errlen, "cannot create cache directory %s: %s",
 			 dir, strerror(-rc));

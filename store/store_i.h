@@ -223,6 +223,10 @@ char *store_column_strdup(sqlite3_stmt *st, int col);
  */
 int store_schema_migrate(sqlite3 *db, int *sqlite_rc);
 
+/* store_make_dirs - mkdir -p @path, 0700 for each directory it makes;
+ * 0 or -errno */
+int store_make_dirs(const char *path);
+
 /* store_schema_version - the newest schema version this program knows. */
 int store_schema_version(void);
 

@@ -221,21 +221,17 @@ class ScriptedImap:
                     names = list(self.folders)
                 for n in names:
                     out.append(b'* LIST (\\HasNoChildren) "/" "%s"\r\n' % n.encode())
+            elif cmd in ("STATUS", "EXAMINE", "SELECT") and \
+                    self.folders.get(args.split(" ", 1)[0].strip('"')) is None:
+                f.write(tag + b" NO no such folder\r\n")
+                f.flush()
+                continue
             elif cmd == "STATUS":
                 name = args.split(" ", 1)[0].strip('"')
-                box = self.folders.get(name)
-                if box is None:
-                    f.write(tag + b" NO no such folder\r\n")
-                    f.flush()
-                    continue
-                out.append(self._status(name, box))
+                out.append(self._status(name, self.folders[name]))
             elif cmd in ("EXAMINE", "SELECT"):
                 name = args.split(" ", 1)[0].strip('"')
-                box = self.folders.get(name)
-                if box is None:
-                    f.write(tag + b" NO no such folder\r\n")
-                    f.flush()
-                    continue
+                box = self.folders[name]
                 selected = name
                 out += [b"* %d EXISTS\r\n" % len(box), b"* 0 RECENT\r\n",
                         b"* FLAGS (\\Seen \\Flagged \\Deleted \\Answered \\Draft)\r\n",
