@@ -24,27 +24,6 @@ static void conv_from_row(sqlite3_stmt *st, struct store_conv *c)
 	c->count = (uint64_t)sqlite3_column_int64(st, 5);
 }
 
-/* columns as MSG_COLUMNS in db.c; the same reader as messages.c's */
-static void msg_from_row(sqlite3_stmt *st, struct store_msg *m)
-{
-	memset(m, 0, sizeof(*m));
-	m->umid = sqlite3_column_int64(st, 0);
-	m->folder = sqlite3_column_int64(st, 1);
-	m->uid = (uint32_t)sqlite3_column_int64(st, 2);
-	m->conv = sqlite3_column_int64(st, 3);
-	m->flags = store_column_strdup(st, 4);
-	if (!m->flags)
-		m->flags = xstrdup("");
-	m->date = sqlite3_column_int64(st, 5);
-	m->zone = sqlite3_column_int(st, 6);
-	m->size = (uint64_t)sqlite3_column_int64(st, 7);
-	m->message_id = store_column_strdup(st, 8);
-	m->subject = store_column_strdup(st, 9);
-	m->from = store_column_strdup(st, 10);
-	m->references = store_column_strdup(st, 11);
-	m->in_reply_to = store_column_strdup(st, 12);
-}
-
 static int64_t limit_of(size_t max)
 {
 	return max > INT64_MAX ? INT64_MAX : (int64_t)max;
@@ -132,7 +111,7 @@ static int msg_rows(struct store *s, enum store_stmt id, int nkeys,
 	sqlite3_bind_int64(st, i++, after);
 	sqlite3_bind_int64(st, i, limit_of(max));
 	while (len < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
-		msg_from_row(st, &out[len++]);
+		store_msg_from_row(st, &out[len++]);
 	if (len < max && rc != SQLITE_DONE) {
 		rc = store_fail(s, id, rc);
 		store_done(st);

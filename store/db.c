@@ -26,13 +26,25 @@ struct stmt_def {
 #define MSG_COLUMNS                                                          \
 	"m.umid, m.folder, m.uid, m.conv, f.flags, m.date, m.zone, m.size, " \
 	"m.message_id, m.subject, m.sender, m.refs, m.in_reply_to, "         \
-	"m.emailid, m.real_size "                                            \
+	"m.emailid, m.real_size, " MSG_DEST                                 \
 	"FROM messages m LEFT JOIN flagsets f ON f.id = m.flagset "
+
+/* where a pending write shows message m: its latest move's target, -1
+ * (STORE_DEST_EXPUNGE) for an expunge, NULL for none; ops_umid finds
+ * them, and the table is empty but for writes not yet on the server */
+#define MSG_DEST                                                          \
+	"(SELECT iif(o.kind = 'expunge', -1, o.dst) FROM ops o "         \
+	"WHERE o.umid = m.umid AND o.kind IN ('move', 'expunge') "       \
+	"ORDER BY o.id DESC LIMIT 1) "
 
 #define FOLDER_COLUMNS                                                     \
 	"id, name, display, delim, role, noselect, uidvalidity, uidnext, " \
 	"low_uid, highestmodseq, last_refresh, mailboxid, "                \
 	"coalesce(complete_since, 0) FROM folders "
+
+#define OP_COLUMNS                                                   \
+	"id, kind, umid, dst, name, name2, base, sent, dst_uidnext, " \
+	"attempts, created FROM ops "
 
 #define CONV_COLUMNS \
 	"id, subject, first_date, first_zone, last_date, count FROM conversations "
@@ -99,8 +111,10 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"SELECT umid, conv, flagset FROM messages "
 		"WHERE folder = ?1 AND uid = ?2" },
 	/* the schema's trigger keeps flagsets.refs right */
+	/* flags the user set and the server has not stored yet stay */
 	[ST_MSG_SET_FLAGSET] = { "msg_set_flagset",
-		"UPDATE messages SET flagset = ?2 WHERE umid = ?1" },
+		"UPDATE messages SET flagset = ?2 WHERE umid = ?1 AND (?3 OR "
+		"NOT EXISTS (SELECT 1 FROM ops WHERE umid = ?1 AND kind = 'flags'))" },
 	[ST_MSG_GET] = { "msg_get",
 		"SELECT " MSG_COLUMNS "WHERE m.umid = ?1" },
 	[ST_MSG_FIND_UID] = { "msg_find_uid",
@@ -111,6 +125,11 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"SELECT " MSG_COLUMNS
 		"WHERE m.folder = ?1 AND m.umid > ?2 AND m.uid > 0 "
 		"ORDER BY m.umid LIMIT ?3" },
+	/* what pending moves show in folder ?1 */
+	[ST_MSG_LIST_MOVED_IN] = { "msg_list_moved_in",
+		"SELECT " MSG_COLUMNS
+		"WHERE m.umid IN (SELECT umid FROM ops WHERE kind = 'move' "
+		"AND dst = ?1 AND umid > ?2) ORDER BY m.umid LIMIT ?3" },
 	[ST_MSG_UIDS] = { "msg_uids",
 		"SELECT uid FROM messages WHERE folder = ?1 "
 		"AND uid BETWEEN ?2 AND ?3 ORDER BY uid" },
@@ -239,6 +258,42 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"role = ?4, noselect = ?5 WHERE id = ?6" },
 	[ST_FOLDER_SET_MAILBOXID] = { "folder_set_mailboxid",
 		"UPDATE folders SET mailboxid = ?2 WHERE id = ?1" },
+	/* ---- ops.c ---- */
+	[ST_OP_ADD] = { "op_add",
+		"INSERT INTO ops (kind, umid, dst, name, name2, base, created) "
+		"VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)" },
+	[ST_OP_UNSENT] = { "op_unsent",
+		"SELECT id, dst, base FROM ops WHERE umid = ?1 AND kind = ?2 "
+		"AND sent = 0" },
+	[ST_OP_MOVE_SENT] = { "op_move_sent",
+		"SELECT EXISTS (SELECT 1 FROM ops WHERE umid = ?1 "
+		"AND kind = 'move' AND sent = 1)" },
+	[ST_OP_SET_DST] = { "op_set_dst",
+		"UPDATE ops SET dst = ?2 WHERE id = ?1" },
+	[ST_OP_DELETE] = { "op_delete",
+		"DELETE FROM ops WHERE id = ?1" },
+	[ST_OP_NEXT] = { "op_next",
+		"SELECT " OP_COLUMNS "WHERE id > ?1 ORDER BY id LIMIT 1" },
+	/* ?1 kind, ?2 the server folder of the messages, ?3 target, ?4 from */
+	[ST_OP_BATCH] = { "op_batch",
+		"SELECT " OP_COLUMNS "WHERE kind = ?1 AND sent = 0 AND id >= ?4 "
+		"AND dst IS ?3 AND umid IN (SELECT umid FROM messages "
+		"WHERE folder = ?2) ORDER BY id LIMIT ?5" },
+	[ST_OP_SENT] = { "op_sent",
+		"UPDATE ops SET sent = 1, dst_uidnext = ?2, "
+		"attempts = attempts + 1 WHERE id = ?1" },
+	[ST_OP_FAILED] = { "op_failed",
+		"UPDATE ops SET last_error = ?2 WHERE id = ?1" },
+	[ST_OP_COUNT] = { "op_count", "SELECT count(*) FROM ops" },
+	[ST_OP_FOLDER_PENDING] = { "op_folder_pending",
+		"SELECT EXISTS (SELECT 1 FROM ops WHERE (kind = 'create' "
+		"AND name = ?1) OR (kind = 'rename' AND name2 = ?1))" },
+	[ST_FOLDER_SHOWS] = { "folder_shows",
+		"SELECT EXISTS (SELECT 1 FROM messages WHERE folder = ?1) "
+		"OR EXISTS (SELECT 1 FROM ops WHERE kind = 'move' AND dst = ?1)" },
+	[ST_MSG_SET_FOLDER_UID] = { "msg_set_folder_uid",
+		"UPDATE messages SET folder = ?2, uid = iif(?3 > 0, ?3, -umid) "
+		"WHERE umid = ?1" },
 	[ST_MSG_DATES_FROM] = { "msg_dates_from",
 		"SELECT date FROM messages WHERE folder = ?1 AND uid > 0 "
 		"AND date >= ?2 ORDER BY date LIMIT ?3" },

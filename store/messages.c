@@ -11,8 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* columns as MSG_COLUMNS in db.c */
-static void msg_from_row(sqlite3_stmt *st, struct store_msg *m)
+void store_msg_from_row(sqlite3_stmt *st, struct store_msg *m)
 {
 	memset(m, 0, sizeof(*m));
 	m->umid = sqlite3_column_int64(st, 0);
@@ -36,6 +35,7 @@ static void msg_from_row(sqlite3_stmt *st, struct store_msg *m)
 	m->real_size = sqlite3_column_type(st, 14) == SQLITE_NULL ?
 			       -1 :
 			       sqlite3_column_int64(st, 14);
+	m->dest = sqlite3_column_int64(st, 15);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -339,7 +339,7 @@ int store_msg_get(struct store *s, int64_t umid, struct store_msg *out)
 
 	if (rc)
 		return rc;
-	msg_from_row(st, out);
+	store_msg_from_row(st, out);
 	store_done(st);
 	return 0;
 }
@@ -403,26 +403,26 @@ int store_msg_delete(struct store *s, int64_t umid)
 	return store_tx_end(s, own, rc);
 }
 
-int store_msg_list(struct store *s, int64_t folder, int64_t after, size_t max,
-		   struct store_msg *out, size_t *n)
+/* up to @max rows of statement @id (folder ?1, umid > ?2, limit ?3) */
+static int list_rows(struct store *s, enum store_stmt id, int64_t folder,
+		     int64_t after, size_t max, struct store_msg *out,
+		     size_t *n)
 {
 	sqlite3_stmt *st;
 	size_t len = 0;
 	int rc;
 
 	*n = 0;
-	if (!max)
-		return 0;
-	rc = store_prepare(s, ST_MSG_LIST, &st);
+	rc = store_prepare(s, id, &st);
 	if (rc)
 		return rc;
 	sqlite3_bind_int64(st, 1, folder);
 	sqlite3_bind_int64(st, 2, after);
 	sqlite3_bind_int64(st, 3, max > INT64_MAX ? INT64_MAX : (int64_t)max);
 	while (len < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
-		msg_from_row(st, &out[len++]);
+		store_msg_from_row(st, &out[len++]);
 	if (len < max && rc != SQLITE_DONE) {
-		rc = store_fail(s, ST_MSG_LIST, rc);
+		rc = store_fail(s, id, rc);
 		store_done(st);
 		while (len)
 			store_msg_release(&out[--len]);
@@ -430,6 +430,57 @@ int store_msg_list(struct store *s, int64_t folder, int64_t after, size_t max,
 	}
 	store_done(st);
 	*n = len;
+	return 0;
+}
+
+/*
+ * The rows of the folder on the server, and those pending moves show
+ * in it, merged in umid order: the first @max of both are the first
+ * @max of the union. A row shown elsewhere comes too (its dest says
+ * so): the caller skips it and pages on.
+ */
+int store_msg_list(struct store *s, int64_t folder, int64_t after, size_t max,
+		   struct store_msg *out, size_t *n)
+{
+	struct store_msg *in;
+	size_t nout, nin, i = 0, j = 0, k = 0;
+	int rc;
+
+	*n = 0;
+	if (!max)
+		return 0;
+	rc = list_rows(s, ST_MSG_LIST, folder, after, max, out, &nout);
+	if (rc)
+		return rc;
+	in = xcalloc(max, sizeof(*in));
+	rc = list_rows(s, ST_MSG_LIST_MOVED_IN, folder, after, max, in, &nin);
+	if (rc || !nin) {
+		free(in);
+		if (rc)
+			while (nout)
+				store_msg_release(&out[--nout]);
+		*n = nout;
+		return rc;
+	}
+	/* merged, the @max lowest umids kept; a message moving back to
+	 * where it is on the server comes in both lists: once is enough */
+	struct store_msg *all = xcalloc(nout + nin, sizeof(*all));
+
+	while (i < nout || j < nin) {
+		if (j == nin || (i < nout && out[i].umid < in[j].umid)) {
+			all[k++] = out[i++];
+		} else if (i < nout && out[i].umid == in[j].umid) {
+			store_msg_release(&in[j++]);
+		} else {
+			all[k++] = in[j++];
+		}
+	}
+	for (i = max; i < k; i++)
+		store_msg_release(&all[i]);
+	*n = k < max ? k : max;
+	memcpy(out, all, *n * sizeof(*out));
+	free(all);
+	free(in);
 	return 0;
 }
 

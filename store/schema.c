@@ -259,6 +259,42 @@ static const char *const migrations[] = {
 	 * it is part of a message's identity when an orphan is adopted.
 	 */
 	"ALTER TABLE messages ADD COLUMN real_size INTEGER;",
+	/*
+	 * 7: the operation log (DESIGN §6). A write is applied to the
+	 * store and recorded here in one transaction; the sync thread
+	 * runs it on the server and deletes the row in the transaction
+	 * that records the outcome. A message's row keeps where it is on
+	 * the server (folder, uid) until then: what the user sees of a
+	 * pending move or expunge comes from its op. Version 1's table
+	 * was never written.
+	 *
+	 * kind: 'move' (umid to folder dst), 'expunge' (umid), 'flags'
+	 * (umid: the row holds the flags wanted, base what the server had),
+	 * 'create', 'delete' (folder name), 'rename' (name to name2).
+	 * sent: 1 once its command may have reached the server, so that a
+	 * new attempt first looks where the message is; dst_uidnext is the
+	 * target's UIDNEXT just before, where a moved message will appear.
+	 */
+	"DROP TABLE ops;"
+	"CREATE TABLE ops ("
+	"  id INTEGER PRIMARY KEY,"
+	"  kind TEXT NOT NULL,"
+	"  umid INTEGER,"
+	"  dst INTEGER,"
+	"  name TEXT,"
+	"  name2 TEXT,"
+	"  base TEXT,"
+	"  sent INTEGER NOT NULL DEFAULT 0,"
+	"  dst_uidnext INTEGER NOT NULL DEFAULT 0,"
+	"  attempts INTEGER NOT NULL DEFAULT 0,"
+	"  last_error TEXT,"
+	"  created INTEGER NOT NULL DEFAULT 0"
+	");"
+	/* one op of each kind per message waits unsent: a second move of
+	 * it changes the target of the first */
+	"CREATE UNIQUE INDEX ops_unsent ON ops (umid, kind) "
+	"WHERE umid IS NOT NULL AND sent = 0;"
+	"CREATE INDEX ops_umid ON ops (umid) WHERE umid IS NOT NULL;",
 };
 /* clang-format on */
 

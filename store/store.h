@@ -66,7 +66,20 @@ struct store_msg {
 	/* the length of the body BODY[] returned, once fetched (-1 until
 	 * then): what st_size says, as RFC822.SIZE may be wrong */
 	int64_t real_size;
+	/* a pending write (ops.c): the folder a move takes the message to,
+	 * STORE_DEST_EXPUNGE for an expunge (it is gone as far as a reader
+	 * goes), 0 for none. folder and uid stay where the message is on
+	 * the server until the sync thread has moved it */
+	int64_t dest;
 };
+
+#define STORE_DEST_EXPUNGE (-1)
+
+/* store_msg_shown_in - the folder a reader sees message @m in */
+static inline int64_t store_msg_shown_in(const struct store_msg *m)
+{
+	return m->dest > 0 ? m->dest : m->folder;
+}
 
 /*
  * store_open - open (creating if needed) the store in directory @dir.
@@ -269,6 +282,111 @@ int store_folder_rename(struct store *s, int64_t id,
 /* store_folder_set_mailboxid - record RFC 8474 MAILBOXID of @id. */
 int store_folder_set_mailboxid(struct store *s, int64_t id,
 			       const char *mailboxid);
+
+/*
+ * store_msg_relocate - message @umid is now (@folder, @uid) on the
+ * server: a move of ours completed. If a refresh stored that UID first,
+ * @umid takes its place (store_msg_take_place). @uid 0: where it went
+ * is not known; it becomes an orphan of @folder, for the refresh of
+ * @folder to adopt. Inside the caller's transaction or its own.
+ */
+int store_msg_relocate(struct store *s, int64_t umid, int64_t folder,
+		       uint32_t uid);
+
+/* ---- the operation log (ops.c, DESIGN §6) ----
+ *
+ * A write is applied to the store and recorded as an op in one BEGIN
+ * IMMEDIATE transaction, before the system call returns: the tree shows
+ * the result at once, and a crash loses nothing. The sync thread runs
+ * ops in id order and deletes each in the transaction that records its
+ * outcome. Until then a message's row keeps where it is on the server;
+ * store_msg's dest says what a reader sees instead.
+ */
+enum store_op_kind {
+	STORE_OP_MOVE, /* umid to folder dst (rm: to Trash) */
+	STORE_OP_EXPUNGE, /* umid (rm inside Trash) */
+	STORE_OP_FLAGS, /* umid: the row holds the flags wanted, base what
+			   the server had */
+	STORE_OP_CREATE, /* folder name */
+	STORE_OP_DELETE, /* folder name */
+	STORE_OP_RENAME, /* folder name to name2 */
+};
+
+struct store_op {
+	int64_t id;
+	enum store_op_kind kind;
+	int64_t umid; /* message ops */
+	int64_t dst; /* move: the target folder */
+	char *name; /* owned, may be NULL: folder ops' raw names */
+	char *name2;
+	char *base; /* owned, may be NULL: flags the server had */
+	bool sent; /* its command may have reached the server */
+	uint32_t dst_uidnext; /* move: the target's UIDNEXT before */
+	unsigned attempts;
+	int64_t created; /* Unix time */
+};
+void store_op_release(struct store_op *op);
+const char *store_op_kind_name(enum store_op_kind k);
+
+/*
+ * Writers (any thread, own transaction each):
+ *
+ * store_op_move - show message @umid in folder @dst and record the
+ * move. A message already moving whose op was not sent yet gets the new
+ * target (one op, the final destination); moved back to where it is on
+ * the server, the op goes. -ENOENT: no such message (or an orphan).
+ */
+int store_op_move(struct store *s, int64_t umid, int64_t dst);
+/* store_op_expunge - hide @umid and record its expunge. */
+int store_op_expunge(struct store *s, int64_t umid);
+/* store_op_flags - @umid's flags become @flags now; the flags the
+ * server has are kept as the op's base, for the difference to send. */
+int store_op_flags(struct store *s, int64_t umid, const char *flags);
+/* store_op_create - a new folder row for @f and its CREATE; *@id */
+int store_op_create(struct store *s, const struct store_folder *f,
+		    int64_t *id);
+/* store_op_delete - forget empty folder @folder and record its DELETE;
+ * -ENOTEMPTY if any message is or is shown in it. */
+int store_op_delete(struct store *s, int64_t folder);
+/*
+ * store_op_rename - the @n folders @v (ids and their new names, as
+ * store_folder_rename takes them: a folder and those below it) are
+ * renamed, and one RENAME of @from to @to recorded.
+ */
+int store_op_rename(struct store *s, const struct store_folder *v, size_t n,
+		    const char *from, const char *to);
+
+/*
+ * The sync thread's:
+ *
+ * store_op_next - the oldest op with id > @after into @out; -ENOENT if
+ * none. Release after.
+ */
+int store_op_next(struct store *s, int64_t after, struct store_op *out);
+/*
+ * store_op_batch - up to @max ops that run with @first in one command:
+ * unsent ops of the same kind on messages of the same folder (and for
+ * moves the same target), in id order, @first included. Malloc'ed
+ * array in *@out (release each, then free()).
+ */
+int store_op_batch(struct store *s, const struct store_op *first,
+		   int64_t folder, size_t max, struct store_op **out,
+		   size_t *n);
+/* store_op_mark_sent - ops @ids may reach the server now; the target's
+ * UIDNEXT was @dst_uidnext. One transaction. */
+int store_op_mark_sent(struct store *s, const int64_t *ids, size_t n,
+		       uint32_t dst_uidnext);
+/* store_op_done - op @id is over (done or put back): delete it. In the
+ * caller's transaction or its own. */
+int store_op_done(struct store *s, int64_t id);
+/* store_op_failed - attempt of op @id failed for a reason that may pass
+ * (the connection): count it and keep @why. */
+int store_op_failed(struct store *s, int64_t id, const char *why);
+/* store_op_count - ops waiting */
+int store_op_count(struct store *s, uint64_t *n);
+/* store_op_folder_pending - whether an op waits that creates or renames
+ * a folder to @name (a LIST must not drop it meanwhile) */
+int store_op_folder_pending(struct store *s, const char *name, bool *yes);
 
 /* ---- body cache: exact server bytes, one file per umid ---- */
 

@@ -77,6 +77,21 @@ enum store_stmt {
 	ST_FOLDER_RENAME,
 	ST_FOLDER_SET_MAILBOXID,
 	ST_MSG_DATES_FROM,
+	ST_MSG_LIST_MOVED_IN,
+	/* ops.c */
+	ST_OP_ADD,
+	ST_OP_UNSENT,
+	ST_OP_MOVE_SENT,
+	ST_OP_SET_DST,
+	ST_OP_DELETE,
+	ST_OP_NEXT,
+	ST_OP_BATCH,
+	ST_OP_SENT,
+	ST_OP_FAILED,
+	ST_OP_COUNT,
+	ST_OP_FOLDER_PENDING,
+	ST_FOLDER_SHOWS,
+	ST_MSG_SET_FOLDER_UID,
 	ST__COUNT
 };
 
@@ -267,6 +282,8 @@ int store_flagset_of(struct store *s, const char *flags, int64_t *id);
  * process, to prove that a failure in the middle of a batch rolls back.
  */
 bool store_test_fail(void);
+/* store_msg_from_row - a row of MSG_COLUMNS (db.c) into @m */
+void store_msg_from_row(sqlite3_stmt *st, struct store_msg *m);
 /* store_now_ms - wall clock as Unix time in milliseconds */
 int64_t store_now_ms(void);
 

@@ -350,16 +350,17 @@ static int test_migrate(void)
 		CHECK(!strcmp((const char *)sqlite3_column_text(st, 0), "wal"));
 		sqlite3_finalize(st);
 	}
-	/* at most one pending move per umid; finished ones do not count */
-	CHECK(raw_exec(db, "INSERT INTO ops (kind, umid, folder) "
+	/* one unsent op of a kind per message; sent ones do not count */
+	CHECK(raw_exec(db, "INSERT INTO ops (kind, umid, dst) "
 			   "VALUES ('move', 5000, 1)") == SQLITE_OK);
-	CHECK((raw_exec(db, "INSERT INTO ops (kind, umid, folder) "
+	CHECK((raw_exec(db, "INSERT INTO ops (kind, umid, dst) "
 			    "VALUES ('move', 5000, 2)") &
 	       0xff) == SQLITE_CONSTRAINT);
-	CHECK(raw_exec(db, "INSERT INTO ops (kind, umid, folder, state) "
-			   "VALUES ('move', 5000, 2, 'done')") == SQLITE_OK);
-	CHECK(raw_exec(db, "INSERT INTO ops (kind, umid, arg) "
+	CHECK(raw_exec(db, "INSERT INTO ops (kind, umid, dst, sent) "
+			   "VALUES ('move', 5000, 2, 1)") == SQLITE_OK);
+	CHECK(raw_exec(db, "INSERT INTO ops (kind, umid, base) "
 			   "VALUES ('flags', 5000, '\\Seen')") == SQLITE_OK);
+	CHECK(raw_exec(db, "DELETE FROM ops") == SQLITE_OK);
 	store_close(s);
 
 	/* reopen: same version, data kept, nothing migrated twice */
@@ -829,7 +830,7 @@ static int test_migrate_v2(void)
 	CHECK(raw_int(db, "PRAGMA user_version", 0) == 2);
 
 	CHECK_RC(store_open(dir, &s), 0);
-	CHECK(raw_int(db, "PRAGMA user_version", 0) == 6);
+	CHECK(raw_int(db, "PRAGMA user_version", 0) == 7);
 	CHECK(raw_int(db,
 		      "SELECT count(*) FROM sqlite_master WHERE name IN "
 		      "('messages_flagset_insert', 'messages_conv_insert', "
@@ -913,7 +914,7 @@ static int test_migrate_v4(void)
 			   "ALTER TABLE messages DROP COLUMN real_size;"
 			   "PRAGMA user_version = 4;") == SQLITE_OK);
 	CHECK_RC(store_open(dir, &s), 0);
-	CHECK(raw_int(db, "PRAGMA user_version", 0) == 6);
+	CHECK(raw_int(db, "PRAGMA user_version", 0) == 7);
 	CHECK(raw_int(db, "SELECT count(*) FROM folders WHERE "
 			  "complete_since IS NOT 0",
 		      0) == 0);
@@ -990,6 +991,145 @@ static int test_set_flags(void)
 	store_msg_release(&got);
 	CHECK_RC(put_msg(s, folder, 2, "", &b), 0);
 	CHECK(b == a + 1);
+	store_close(s);
+	free(dir);
+	return 0;
+}
+
+/* the shown folder of each message listed in @folder, as a bitmask of
+ * the umids a..a+7 (bit i: umid a + i is listed there) */
+static unsigned listed(struct store *s, int64_t folder, int64_t a)
+{
+	struct store_msg v[16];
+	unsigned bits = 0;
+	size_t n = 0;
+
+	if (store_msg_list(s, folder, 0, 16, v, &n))
+		return ~0u;
+	for (size_t i = 0; i < n; i++) {
+		if (store_msg_shown_in(&v[i]) == folder &&
+		    v[i].dest != STORE_DEST_EXPUNGE)
+			bits |= 1u << (v[i].umid - a);
+		store_msg_release(&v[i]);
+	}
+	return bits;
+}
+
+static int test_ops(void)
+{
+	char *dir = test_dir("ops");
+	int64_t inbox, arch, trash, a, b, c, id;
+	struct store_op op, *batch;
+	struct store_msg m = { 0 }, got;
+	struct store *s;
+	uint64_t count;
+	size_t n;
+
+	CHECK_RC(store_open(dir, &s), 0);
+	inbox = add_folder(s, "INBOX");
+	arch = add_folder(s, "Archive");
+	trash = add_folder(s, "Trash");
+	CHECK_RC(put_msg(s, inbox, 1, "", &a), 0);
+	CHECK_RC(put_msg(s, inbox, 2, "\\Seen", &b), 0);
+	CHECK_RC(put_msg(s, inbox, 3, "", &c), 0);
+
+	/* a move shows at once in the target, the row stays put */
+	CHECK_RC(store_op_move(s, a, arch), 0);
+	CHECK(listed(s, inbox, a) == 6);
+	CHECK(listed(s, arch, a) == 1);
+	CHECK_RC(store_msg_get(s, a, &got), 0);
+	CHECK(got.folder == inbox && got.uid == 1 && got.dest == arch);
+	store_msg_release(&got);
+	/* moved again before it ran: one op, the final target */
+	CHECK_RC(store_op_move(s, a, trash), 0);
+	CHECK_RC(store_op_count(s, &count), 0);
+	CHECK(count == 1);
+	CHECK(listed(s, arch, a) == 0 && listed(s, trash, a) == 1);
+	/* and back home: nothing left to do */
+	CHECK_RC(store_op_move(s, a, inbox), 0);
+	CHECK_RC(store_op_count(s, &count), 0);
+	CHECK(count == 0);
+	CHECK(listed(s, inbox, a) == 7);
+
+	/* two moves of one pair run together; a sent one keeps its own
+	 * target and a later move waits behind it */
+	CHECK_RC(store_op_move(s, a, arch), 0);
+	CHECK_RC(store_op_move(s, b, arch), 0);
+	CHECK_RC(store_op_next(s, 0, &op), 0);
+	CHECK(op.kind == STORE_OP_MOVE && op.umid == a && op.dst == arch);
+	CHECK_RC(store_op_batch(s, &op, inbox, 100, &batch, &n), 0);
+	CHECK(n == 2 && batch[0].umid == a && batch[1].umid == b);
+	int64_t ids[2] = { batch[0].id, batch[1].id };
+
+	CHECK_RC(store_op_mark_sent(s, ids, 2, 40), 0);
+	for (size_t i = 0; i < n; i++)
+		store_op_release(&batch[i]);
+	free(batch);
+	store_op_release(&op);
+	CHECK_RC(store_op_move(s, a, inbox), 0); /* back, after the sent one */
+	CHECK_RC(store_op_count(s, &count), 0);
+	CHECK(count == 3);
+	CHECK(listed(s, inbox, a) == 5 && listed(s, arch, a) == 2);
+	/* the sent moves complete: b got UID 40, a's new UID is unknown */
+	CHECK_RC(store_begin(s), 0);
+	CHECK_RC(store_msg_relocate(s, b, arch, 40), 0);
+	CHECK_RC(store_op_done(s, ids[1]), 0);
+	CHECK_RC(store_msg_relocate(s, a, arch, 0), 0);
+	CHECK_RC(store_op_done(s, ids[0]), 0);
+	CHECK_RC(store_commit(s), 0);
+	CHECK_RC(store_msg_get(s, b, &got), 0);
+	CHECK(got.folder == arch && got.uid == 40 && got.dest == 0);
+	store_msg_release(&got);
+	CHECK_RC(store_msg_get(s, a, &got), 0);
+	CHECK(got.folder == arch && got.uid == 0 && got.dest == inbox);
+	store_msg_release(&got);
+
+	/* flags: shown at once, a refresh does not undo them, the first
+	 * op keeps what the server had */
+	CHECK_RC(store_op_flags(s, c, "\\Flagged"), 0);
+	CHECK_RC(store_op_flags(s, c, "\\Flagged \\Seen"), 0);
+	m.folder = inbox;
+	m.uid = 3;
+	m.flags = (char *)"";
+	CHECK_RC(store_msg_set_flags(s, &m, NULL), 0);
+	CHECK_RC(store_msg_get(s, c, &got), 0);
+	CHECK(!strcmp(got.flags, "\\Flagged \\Seen"));
+	store_msg_release(&got);
+
+	/* expunge hides; an empty folder goes, one that shows mail not */
+	CHECK_RC(store_op_expunge(s, c), 0);
+	CHECK(!(listed(s, inbox, a) & 4));
+	CHECK_RC(store_op_delete(s, arch), -ENOTEMPTY);
+	CHECK_RC(store_op_delete(s, trash), 0);
+	CHECK_RC(store_folder_get(s, trash, &(struct store_folder){ 0 }),
+		 -ENOENT);
+	struct store_folder nf = { .name = (char *)"New", .display = (char *)"New",
+				   .delim = '/' };
+	bool pending;
+
+	CHECK_RC(store_op_create(s, &nf, &id), 0);
+	CHECK_RC(store_op_folder_pending(s, "New", &pending), 0);
+	CHECK(pending);
+	CHECK_RC(store_op_folder_pending(s, "Old", &pending), 0);
+	CHECK(!pending);
+	store_close(s);
+
+	/* everything survives a reopen, in order */
+	CHECK_RC(store_open(dir, &s), 0);
+	const enum store_op_kind want[] = { STORE_OP_MOVE, STORE_OP_FLAGS,
+					    STORE_OP_EXPUNGE, STORE_OP_DELETE,
+					    STORE_OP_CREATE };
+	int64_t after = 0;
+
+	for (size_t i = 0; i < 5; i++) {
+		CHECK_RC(store_op_next(s, after, &op), 0);
+		CHECK(op.kind == want[i]);
+		if (op.kind == STORE_OP_FLAGS)
+			CHECK(op.base && !strcmp(op.base, ""));
+		after = op.id;
+		store_op_release(&op);
+	}
+	CHECK_RC(store_op_next(s, after, &op), -ENOENT);
 	store_close(s);
 	free(dir);
 	return 0;
@@ -1678,6 +1818,7 @@ static const struct {
 	{ "flagsets", test_flagsets },
 	{ "flagsets_in_tx", test_flagsets_in_tx },
 	{ "umid_not_reused", test_umid_not_reused },
+	{ "ops", test_ops },
 	{ "set_flags", test_set_flags },
 	{ "list_paging", test_list_paging },
 	{ "uids", test_uids },
