@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common.h"
 
@@ -318,6 +319,8 @@ static unsigned conn_probe_caps(mailimap *imap)
 		caps |= CAP_OBJECTID;
 	if (mailimap_has_extension(imap, "NOTIFY"))
 		caps |= CAP_NOTIFY;
+	if (mailimap_has_extension(imap, "LITERAL+"))
+		caps |= CAP_LITERALPLUS;
 	return caps;
 }
 
@@ -422,6 +425,146 @@ static int conn_login(struct conn_priv *p, const struct sync_config *cfg,
 	return 0;
 }
 
+/* a greeting is one short line; a server that sends more without a
+ * line end is not an IMAP server, and libetpan would buffer it all */
+#define GREETING_MAX 4096
+
+/* an atom of a CAPABILITY code (RFC 3501 §9 atom-char): no specials */
+static bool conn_is_atom(const char *s, size_t n)
+{
+	if (!n)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = s[i];
+
+		if (ch <= 0x20 || ch >= 0x7f || strchr("(){%*\"\\]", ch))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Read the greeting ourselves, bounded, and hand libetpan a line it
+ * can parse safely: the condition (OK, PREAUTH, BYE), a CAPABILITY
+ * code if it is well formed, and the text made printable. libetpan
+ * 1.9.4 crashes on some valid greetings (a NULL dereference parsing
+ * "* OK [PERMANENTFLAGS ()] hi") and reads a line of any length into
+ * memory, so no other response code reaches its greeting parser: they
+ * mean nothing before a SELECT anyway (RFC 3501 §7.1).
+ */
+static int conn_greeting(mailstream *st, const char *host, const char *port,
+			 int timeout_ms, char *err, size_t errlen)
+{
+	static const char *const conds[] = { "OK", "PREAUTH", "BYE" };
+	char line[GREETING_MAX + 1], out[GREETING_MAX + 64];
+	const char *p, *text, *cond;
+	size_t n = 0, k, textlen;
+	long long t0 = now_ms();
+
+	for (;;) {
+		char ch;
+
+		if (mailstream_read(st, &ch, 1) != 1) {
+			bool late = now_ms() - t0 >= timeout_ms - 100;
+
+			snprintf(err, errlen, "cannot read greeting from %s:%s: %s",
+				 host, port,
+				 late ? "timed out" : "connection closed by server");
+			return late ? -ETIMEDOUT : -EIO;
+		}
+		if (ch == '\n')
+			break;
+		if (n == GREETING_MAX) {
+			snprintf(err, errlen,
+				 "cannot read greeting from %s:%s: no line end "
+				 "in its first %d bytes",
+				 host, port, GREETING_MAX);
+			return -EPROTO;
+		}
+		line[n++] = ch;
+	}
+	if (n && line[n - 1] == '\r')
+		n--;
+	line[n] = '\0';
+	cond = NULL;
+	p = line;
+	for (size_t i = 0; i < sizeof(conds) / sizeof(conds[0]) && !cond; i++) {
+		size_t cl = strlen(conds[i]);
+
+		if (!strncmp(line, "* ", 2) && !strncasecmp(line + 2, conds[i], cl) &&
+		    (!line[cl + 2] || line[cl + 2] == ' ')) {
+			cond = conds[i];
+			p = line + 2 + cl;
+		}
+	}
+	if (!cond) {
+		for (k = 0; k < n && k < 60; k++)
+			out[k] = line[k] < 0x20 || line[k] == 0x7f ? '?' : line[k];
+		out[k] = '\0';
+		snprintf(err, errlen,
+			 "cannot read greeting from %s:%s: not an IMAP greeting: "
+			 "%s",
+			 host, port, out);
+		return -EPROTO;
+	}
+	while (*p == ' ')
+		p++;
+	k = (size_t)snprintf(out, sizeof(out), "* %s ", cond);
+	text = p;
+	if (*p == '[') {
+		const char *end = strchr(p, ']');
+
+		text = end ? end + 1 : p + strlen(p);
+		if (end && !strncasecmp(p + 1, "CAPABILITY ", 11)) {
+			/* kept only if every word is an atom */
+			const char *w = p + 12;
+			bool ok = true;
+
+			while (ok && w < end) {
+				const char *sp = memchr(w, ' ', (size_t)(end - w));
+				size_t wl = (size_t)((sp ? sp : end) - w);
+
+				ok = conn_is_atom(w, wl);
+				w += wl + 1;
+			}
+			if (ok) {
+				memcpy(out + k, p, (size_t)(end - p) + 1);
+				k += (size_t)(end - p) + 1;
+				out[k++] = ' ';
+			}
+		} else {
+			log_debug("greeting of %s: response code ignored", host);
+		}
+		while (*text == ' ')
+			text++;
+	}
+	/* libetpan wants some text; control characters it may not like */
+	textlen = strlen(text);
+	if (!textlen) {
+		text = "ready";
+		textlen = 5;
+	}
+	for (size_t i = 0; i < textlen; i++) {
+		unsigned char ch = text[i];
+
+		out[k++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+	}
+	out[k++] = '\r';
+	out[k++] = '\n';
+	/* what the server sent after the greeting stays behind it */
+	if (st->read_buffer_len + k > st->buffer_max_size) {
+		snprintf(err, errlen,
+			 "cannot read greeting from %s:%s: the server did not "
+			 "wait for a command",
+			 host, port);
+		return -EPROTO;
+	}
+	memmove(st->read_buffer + k, st->read_buffer, st->read_buffer_len);
+	memcpy(st->read_buffer, out, k);
+	st->read_buffer_len += k;
+	return 0;
+}
+
 int conn_open(const struct sync_config *cfg, struct conn **out, char *err,
 	      size_t errlen)
 {
@@ -477,6 +620,12 @@ int conn_open(const struct sync_config *cfg, struct conn **out, char *err,
 	p->timeout_ms = o.timeout * 1000;
 
 	t0 = now_ms();
+	rc = conn_greeting(st, p->host, p->port, p->timeout_ms, err, errlen);
+	if (rc) {
+		/* the stream is not libetpan's yet */
+		mailstream_close(st);
+		goto out_drop;
+	}
 	r = mailimap_connect(imap, st);
 	if (r == MAILIMAP_ERROR_DONT_ACCEPT_CONNECTION) {
 		/* a BYE greeting */

@@ -126,7 +126,9 @@ static int search_unknown(struct step *st, int64_t since)
 	for (size_t i = 0, m = 0; i < n; i++) {
 		while (m < nknown && known[m] < uids[i])
 			m++;
-		if (m == nknown || known[m] != uids[i])
+		/* one that breaks the connection is left out for good */
+		if ((m == nknown || known[m] != uids[i]) &&
+		    sync_poisoned_in(st->s, st->f, uids[i], uids[i]) != uids[i])
 			uids[k++] = uids[i];
 	}
 	free(known);
@@ -194,6 +196,39 @@ static size_t whole_ones(const struct batch *b)
 }
 
 /*
+ * While a message that breaks the connection is looked for in @f (see
+ * struct sync_hunt), how many of the newest of @todo[0..@left) the
+ * next command may take (at most @max): those above the suspects, or
+ * else the upper half of them. Going well clears the UIDs up to
+ * *@cleared_to. 0 when the upper half holds none of @todo: that half is
+ * then cleared at once.
+ */
+static size_t hunt_limit(struct sync *s, const struct store_folder *f,
+			 const uint32_t *todo, size_t left, size_t max,
+			 uint32_t *cleared_to)
+{
+	const struct sync_hunt *h = sync_hunt_of(s, f->id);
+	uint32_t wlo, top = todo[left - 1];
+	size_t n = 0;
+
+	*cleared_to = top;
+	if (!h || !h->hi || top < h->lo)
+		return max;
+	if (top > h->hi) {
+		while (n < left && todo[left - 1 - n] > h->hi)
+			n++;
+		return n < max ? n : max;
+	}
+	wlo = h->hi - (h->hi - h->lo) / 2;
+	*cleared_to = h->hi;
+	while (n < left && todo[left - 1 - n] >= wlo)
+		n++;
+	if (!n)
+		sync_hunt_cleared(s, f->id, wlo, h->hi);
+	return n < max ? n : max;
+}
+
+/*
  * Fetch what @st->todo holds, newest (highest UID) first, a batch per
  * command, about @st->want of them (less if pushed work waits). @claim (the new complete_since,
  * or CLAIM_ALL) goes into the bookmark of the last batch if that was
@@ -214,7 +249,8 @@ static int fetch_todo(struct step *st, int64_t claim)
 	int rc = 0;
 
 	for (size_t done = 0; left && done < st->want + max && !rc;) {
-		size_t nr, take;
+		size_t nr, take, limit;
+		uint32_t cleared_to;
 		struct batch b;
 		bool last;
 
@@ -226,9 +262,18 @@ static int fetch_todo(struct step *st, int64_t claim)
 		 * searches again for what is left */
 		if (done && sync_work_waiting(s, f))
 			break;
-		newest_chunk(st->todo, left, max, r, &nr, &take);
+		limit = hunt_limit(s, f, st->todo, left, max, &cleared_to);
+		if (!limit)
+			continue; /* the upper suspects were not to fetch */
+		newest_chunk(st->todo, left, limit, r, &nr, &take);
 		batch_init(&b, s, f, BATCH_NEW);
 		rc = fetch_set_into(s, &b, r, nr);
+		if (rc == -ENOTCONN)
+			sync_hunt_broke(s, f, st->todo[left - take],
+					st->todo[left - 1]);
+		else if (!rc)
+			sync_hunt_cleared(s, f->id, st->todo[left - take],
+					  cleared_to);
 		if (!rc) {
 			/* one came without size or date: not stored, so not
 			 * everything since the claim is */
@@ -587,7 +632,8 @@ int grow_folder(struct sync *s, struct store_folder *f, struct job *j,
 	if (rc)
 		return rc;
 	imap_box_release(&box);
-	if (box.uidvalidity != f->uidvalidity)
+	/* 0 is no value (refresh.c) */
+	if (box.uidvalidity && box.uidvalidity != f->uidvalidity)
 		return -EAGAIN; /* the next refresh learns it again */
 	sync_note_total(s, f->id, box.exists);
 	rc = store_folder_count(s->st, f->id, &known);

@@ -46,6 +46,130 @@ static bool stop_now(struct sync *s, struct job *j)
 	return job_is_cancelled(j) || sync_is_stopping(s);
 }
 
+/* ---- isolating a message whose FETCH breaks the connection ---- */
+
+uint32_t sync_poisoned_in(struct sync *s, const struct store_folder *f,
+			  uint32_t a, uint32_t b)
+{
+	struct sync_poisoned *low = NULL;
+
+	for (size_t i = 0; i < s->npoisoned; i++) {
+		struct sync_poisoned *p = &s->poisoned[i];
+
+		if (p->folder == f->id && p->uid >= a && p->uid <= b &&
+		    (!low || p->uid < low->uid))
+			low = p;
+	}
+	if (!low)
+		return 0;
+	if (!low->told) {
+		char why[200];
+
+		low->told = true;
+		snprintf(why, sizeof(why),
+			 "folder %s: UID %u skipped: fetching it breaks the "
+			 "connection",
+			 f->name, low->uid);
+		log_warn("%s; the rest of the folder is learned without it",
+			 why);
+		sync_set_error(s, why);
+	}
+	return low->uid;
+}
+
+struct sync_hunt *sync_hunt_of(struct sync *s, int64_t folder)
+{
+	for (size_t i = 0; i < SYNC_HUNTS; i++)
+		if (s->hunts[i].folder == folder && folder)
+			return &s->hunts[i];
+	return NULL;
+}
+
+/* the hunt of @folder, made (in a free slot, or the oldest one's) if
+ * there is none */
+static struct sync_hunt *hunt_new(struct sync *s, int64_t folder)
+{
+	struct sync_hunt *h = sync_hunt_of(s, folder);
+
+	for (size_t i = 0; !h && i < SYNC_HUNTS; i++)
+		if (!s->hunts[i].folder)
+			h = &s->hunts[i];
+	if (!h)
+		h = &s->hunts[s->next_hunt++ % SYNC_HUNTS];
+	memset(h, 0, sizeof(*h));
+	h->folder = folder;
+	return h;
+}
+
+void sync_hunt_first_look(struct sync *s, int64_t folder)
+{
+	if (!sync_hunt_of(s, folder))
+		hunt_new(s, folder);
+}
+
+void sync_hunt_clip(struct sync *s, int64_t folder, uint32_t a, uint32_t *b)
+{
+	struct sync_hunt *h = sync_hunt_of(s, folder);
+
+	if (!h || !h->hi || *b < h->lo || a > h->hi)
+		return;
+	if (a < h->lo)
+		*b = h->lo - 1; /* below the suspects: as usual */
+	else if (*b > h->lo + (h->hi - h->lo) / 2)
+		*b = h->lo + (h->hi - h->lo) / 2; /* the lower half */
+}
+
+void sync_hunt_cleared(struct sync *s, int64_t folder, uint32_t a, uint32_t b)
+{
+	struct sync_hunt *h = sync_hunt_of(s, folder);
+
+	if (!h || !h->hi || b < h->lo || a > h->hi)
+		return;
+	if (a <= h->lo)
+		h->lo = b == UINT32_MAX ? b : b + 1;
+	if (b >= h->hi)
+		h->hi = a ? a - 1 : 0;
+	if (h->lo > h->hi || b == UINT32_MAX || !h->hi) {
+		/* what broke the connection was not the messages */
+		log_info("the fetch that broke the connection went well "
+			 "again in smaller parts");
+		memset(h, 0, sizeof(*h));
+	} else {
+		h->strikes = 0;
+	}
+}
+
+void sync_hunt_broke(struct sync *s, const struct store_folder *f, uint32_t a,
+		     uint32_t b)
+{
+	struct sync_hunt *h;
+
+	if (!a || b < a)
+		return;
+	if (a != b) {
+		log_info("folder %s: the fetch of UIDs %u:%u broke the "
+			 "connection; trying them in halves",
+			 f->name, a, b);
+		h = hunt_new(s, f->id);
+		h->lo = a;
+		h->hi = b;
+		return;
+	}
+	h = sync_hunt_of(s, f->id);
+	if (!h || h->lo != a || h->hi != a) {
+		h = hunt_new(s, f->id);
+		h->lo = h->hi = a;
+	}
+	/* twice alone: not a link that happened to drop */
+	if (++h->strikes < 2)
+		return;
+	memset(h, 0, sizeof(*h));
+	if (s->npoisoned == SYNC_POISONED_MAX)
+		return; /* bounded: the oldest ones stay skipped */
+	s->poisoned[s->npoisoned++] =
+		(struct sync_poisoned){ .folder = f->id, .uid = a };
+}
+
 /* run one FETCH into @b; a link that drops mid-command makes the next
  * batches smaller */
 static int fetch_into(struct sync *s, struct batch *b, struct imap_fetch *f)
@@ -141,15 +265,35 @@ static int fetch_new(struct sync *s, struct store_folder *f,
 			return -ECANCELED;
 		if (server_uidnext) {
 			uint64_t last = (uint64_t)a + width - 1;
+			uint32_t bad;
 
 			b_last = last >= server_uidnext ? server_uidnext - 1
 							: (uint32_t)last;
+			/* a message that breaks the connection is left out,
+			 * and while one is looked for, half the suspects */
+			bad = sync_poisoned_in(s, f, a, b_last);
+			if (bad == a) {
+				if (!hold && f->uidnext <= a)
+					f->uidnext = uid_after(a);
+				if (a == UINT32_MAX)
+					break;
+				a++;
+				continue;
+			}
+			if (bad)
+				b_last = bad - 1;
+			sync_hunt_clip(s, f->id, a, &b_last);
 		} else {
 			b_last = 0; /* no UIDNEXT: everything above, once */
 		}
+		q.first = a;
 		q.last = b_last;
 		batch_init(&b, s, f, BATCH_NEW);
 		rc = fetch_into(s, &b, &q);
+		if (b_last && rc == -ENOTCONN)
+			sync_hunt_broke(s, f, a, b_last);
+		else if (b_last && !rc)
+			sync_hunt_cleared(s, f->id, a, b_last);
 		if (!rc) {
 			uint32_t next = b_last ? uid_after(b_last)
 					       : (b.max_uid >= a ? uid_after(b.max_uid)
@@ -407,6 +551,55 @@ static int gone_by_search(struct sync *s, struct store_folder *f,
 	}
 }
 
+static int take_uid(const struct imap_msg *m, void *ctx)
+{
+	*(uint32_t *)ctx = m->uid;
+	return 0;
+}
+
+/*
+ * The first look at a folder, by UID: the UID at sequence number
+ * @first (UID alone, which a server breaking on a message's metadata
+ * still sends), bookmarked as the bottom of what is known, then new
+ * mail from there up as a refresh fetches it, in halves of the
+ * suspects while one is looked for.
+ */
+static int first_look_by_uid(struct sync *s, struct store_folder *f,
+			     uint32_t first, const struct imap_box *box,
+			     struct job *j)
+{
+	struct imap_fetch q = { .by_uid = false,
+				.first = first,
+				.last = first,
+				.items = IMAP_ITEMS_UID,
+				.fn = take_uid };
+	struct sync_hunt *h;
+	uint32_t u = 0;
+	int rc;
+
+	q.ctx = &u;
+	rc = sync_grade_errno(imap_fetch(s->conn, &q));
+	imap_fetch_release(&q);
+	if (rc)
+		return rc;
+	if (!u || u >= box->uidnext) {
+		log_warn("folder %s: no UID for message %u", f->name, first);
+		return -EREMOTE;
+	}
+	h = sync_hunt_of(s, f->id);
+	if (h && !h->hi)
+		memset(h, 0, sizeof(*h)); /* by UID from now on */
+	/* nothing is below the UID of message 1 */
+	f->low_uid = first == 1 ? 1 : u;
+	f->uidnext = u;
+	rc = batch_save_bookmark(s, f);
+	if (rc) {
+		f->uidnext = f->low_uid = 0;
+		return rc;
+	}
+	return fetch_new(s, f, box->uidnext, j);
+}
+
 /* UIDVALIDITY changed: every UID we hold names another message now.
  * They all become orphans, and the folder is learned again: each
  * message found with the same Message-ID, INTERNALDATE and size takes
@@ -419,6 +612,16 @@ static int new_uidvalidity(struct sync *s, struct store_folder *f,
 	log_warn("folder %s: UIDVALIDITY changed from %u to %u; learning it "
 		 "again",
 		 f->name, f->uidvalidity, uidvalidity);
+	/* the UIDs skipped or suspected name other messages now */
+	for (size_t i = 0; i < s->npoisoned;) {
+		if (s->poisoned[i].folder == f->id)
+			s->poisoned[i] = s->poisoned[--s->npoisoned];
+		else
+			i++;
+	}
+	for (size_t i = 0; i < SYNC_HUNTS; i++)
+		if (s->hunts[i].folder == f->id)
+			memset(&s->hunts[i], 0, sizeof(s->hunts[i]));
 	rc = store_begin(s->st);
 	if (!rc)
 		rc = store_folder_orphan_all(s->st, f->id);
@@ -441,7 +644,7 @@ int refresh_folder(struct sync *s, struct store_folder *f, struct job *j)
 {
 	struct imap_box box;
 	uint64_t known = 0;
-	uint32_t got;
+	uint32_t got, first;
 	bool modseq_moved;
 	int rc;
 
@@ -459,6 +662,15 @@ int refresh_folder(struct sync *s, struct store_folder *f, struct job *j)
 	if (rc)
 		return rc;
 	sync_note_total(s, f->id, box.exists);
+	if (!box.uidvalidity) {
+		/* RFC 3501 §9: nz-number. 0 says nothing: what we knew
+		 * stays (or stays unknown), never a change that would make
+		 * us learn the folder again */
+		log_warn("folder %s: the server says UIDVALIDITY 0; taken as "
+			 "unknown",
+			 f->name);
+		box.uidvalidity = f->uidvalidity;
+	}
 	if (f->uidvalidity && box.uidvalidity != f->uidvalidity) {
 		rc = new_uidvalidity(s, f, box.uidvalidity);
 		if (rc)
@@ -483,13 +695,21 @@ int refresh_folder(struct sync *s, struct store_folder *f, struct job *j)
 			f->uidnext = f->low_uid = box.uidnext;
 			return batch_save_bookmark(s, f);
 		}
+		first = box.exists > s->batch ? box.exists - s->batch + 1 : 1;
+		/* this look broke the connection before: by UID now, so
+		 * the message that did it can be found and left out */
+		if (sync_hunt_of(s, f->id) && box.uidnext)
+			return first_look_by_uid(s, f, first, &box, j);
 		f->uidnext = box.uidnext;
-		rc = refresh_seq_batch(s, f,
-				       box.exists > s->batch ?
-					       box.exists - s->batch + 1 : 1,
-				       box.exists, &got);
+		rc = refresh_seq_batch(s, f, first, box.exists, &got);
 		if (rc)
 			f->uidnext = 0;
+		if (rc == -ENOTCONN) {
+			log_info("folder %s: its first look broke the "
+				 "connection; by UID next time",
+				 f->name);
+			sync_hunt_first_look(s, f->id);
+		}
 		return rc;
 	}
 

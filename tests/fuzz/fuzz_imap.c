@@ -11,11 +11,11 @@
  * away; reads are cut into chunks of a size the input picks, so replies
  * split anywhere. EOF is a stream error, as on a dropped connection.
  *
- * The greeting libetpan parses is a fixed one ("* OK", "* PREAUTH" or
- * "* BYE", as the input's first line begins): libetpan 1.9.4 parses a
+ * The input's first line is the greeting, read as conn_open reads it
+ * (conn_greeting: bounded, and only the condition, a well-formed
+ * CAPABILITY code and the text handed on to libetpan, which parses a
  * greeting without a parser context and dereferences it (NULL) as soon
- * as it tries a string there, as in "* OK [PERMANENTFLAGS ()] hi". That
- * crash is libetpan's (reported); the fuzzer looks past it.
+ * as it tries a string there, as in "* OK [PERMANENTFLAGS ()] hi").
  *
  * Input layout: two mode bytes, then the server's bytes.
  *   byte 0: bits 0-2 the command (see run()), bits 3-4 the FETCH items
@@ -455,26 +455,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct fz_stream *z;
 	mailstream_low *low;
 	mailstream *st;
-	const uint8_t *nl;
+	char err[256];
 	struct conn *c;
-	size_t skip;
 	bool ok;
 	int rc;
 
 	if (size < 2 || huge_literal(data, size))
 		return 0;
 	z = xcalloc(1, sizeof(*z));
-	/* the greeting line of the input only says which greeting */
-	nl = memchr(data + 2, '\n', size - 2);
-	skip = nl ? (size_t)(nl - data) + 1 : size;
-	z->greeting = size - 2 >= 9 && !memcmp(data + 2, "* PREAUTH", 9)
-			      ? "* PREAUTH fuzz\r\n"
-		      : size - 2 >= 5 && !memcmp(data + 2, "* BYE", 5)
-			      ? "* BYE fuzz\r\n"
-			      : "* OK fuzz\r\n";
-	z->gleft = strlen(z->greeting);
-	z->p = data + skip;
-	z->left = size - skip;
+	/* the greeting is the input's, read by conn_greeting */
+	z->greeting = "";
+	z->gleft = 0;
+	z->p = data + 2;
+	z->left = size - 2;
 	z->chunk = chunks[(data[1] >> 3) & 7];
 	low = mailstream_low_new(z, &fz_driver);
 	st = low ? mailstream_new(low, 8192) : NULL;
@@ -497,6 +490,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* each step in its own window: only a step that broke the
 	 * session (a parse or stream error) has its leftovers excused */
 	tracked_begin();
+	rc = conn_greeting(st, p->host, p->port, p->timeout_ms, err,
+			   sizeof(err));
+	if (rc) {
+		/* refused before libetpan had the stream */
+		mailstream_close(st);
+		tracked_end(true);
+		conn_drop(p);
+		return 0;
+	}
 	rc = mailimap_connect(c->imap, st);
 	ok = rc == MAILIMAP_NO_ERROR_AUTHENTICATED ||
 	     rc == MAILIMAP_NO_ERROR_NON_AUTHENTICATED;

@@ -133,6 +133,27 @@ class ScriptedImap:
         return [b"* %d FETCH (" % seq + b" ".join(self.meta_items(folder, seq, m, items)) +
                 b")\r\n"]
 
+    def greeting(self):
+        """The greeting: bytes, or a generator of bytes (a greeting that
+        never ends). Return None to say nothing at all."""
+        return b"* OK [CAPABILITY %s] scripted server ready\r\n" % CAPS.encode()
+
+    def list_reply(self):
+        """The LIST response lines (bytes or generators of bytes)."""
+        with self.lock:
+            names = list(self.folders)
+        return [b'* LIST (\\HasNoChildren) "/" "%s"\r\n' % n.encode() for n in names]
+
+    def uidvalidity_for(self, cmd, name):
+        """The UIDVALIDITY told for folder name in the reply to cmd
+        (EXAMINE, SELECT or STATUS)."""
+        return self.uidvalidity
+
+    def extra_untagged(self, cmd):
+        """Untagged lines (bytes or generators) sent before the tagged
+        reply to cmd, after what the command itself says."""
+        return []
+
     def meta_items(self, folder, seq, m, items):
         """The items of one FETCH response for the metadata convoyfs asks."""
         out = [b"UID %d" % m.uid]
@@ -181,7 +202,8 @@ class ScriptedImap:
         with contextlib.closing(conn):
             f = conn.makefile("rwb")
             try:
-                f.write(b"* OK [CAPABILITY %s] scripted server ready\r\n" % CAPS.encode())
+                if self._write_all(f, [self.greeting()]):
+                    return
                 f.flush()
                 self._serve(f)
             except (OSError, ValueError, ssl.SSLError):
@@ -217,10 +239,7 @@ class ScriptedImap:
                 f.flush()
                 return
             elif cmd == "LIST":
-                with self.lock:
-                    names = list(self.folders)
-                for n in names:
-                    out.append(b'* LIST (\\HasNoChildren) "/" "%s"\r\n' % n.encode())
+                out += self.list_reply()
             elif cmd in ("STATUS", "EXAMINE", "SELECT") and \
                     self.folders.get(args.split(" ", 1)[0].strip('"')) is None:
                 f.write(tag + b" NO no such folder\r\n")
@@ -235,7 +254,7 @@ class ScriptedImap:
                 selected = name
                 out += [b"* %d EXISTS\r\n" % len(box), b"* 0 RECENT\r\n",
                         b"* FLAGS (\\Seen \\Flagged \\Deleted \\Answered \\Draft)\r\n",
-                        b"* OK [UIDVALIDITY %d] ok\r\n" % self.uidvalidity]
+                        b"* OK [UIDVALIDITY %d] ok\r\n" % self.uidvalidity_for(cmd, name)]
                 if self.say_uidnext:
                     out.append(b"* OK [UIDNEXT %d] ok\r\n" % ((box[-1].uid if box else 0) + 1))
             elif cmd in ("FETCH", "UID FETCH") and selected:
@@ -246,28 +265,38 @@ class ScriptedImap:
                 f.write(tag + b" BAD not here\r\n")
                 f.flush()
                 continue
-            for o in out:
-                if isinstance(o, bytes):
-                    f.write(o)
-                    continue
-                # a generator: a reply too big to hold, or one that
-                # ends the connection (it raises ConnectionAbortedError)
-                try:
-                    for chunk in o:
-                        f.write(chunk)
-                except ConnectionAbortedError:
-                    f.flush()
-                    return
+            if self._write_all(f, out + self.extra_untagged(cmd)):
+                return
             f.write(tag + b" OK done\r\n")
             f.flush()
 
+    @staticmethod
+    def _write_all(f, out):
+        """Write each reply part; True when one ended the connection."""
+        for o in out:
+            if o is None:
+                continue
+            if isinstance(o, bytes):
+                f.write(o)
+                continue
+            # a generator: a reply too big to hold, or one that
+            # ends the connection (it raises ConnectionAbortedError)
+            try:
+                for chunk in o:
+                    f.write(chunk)
+            except ConnectionAbortedError:
+                f.flush()
+                return True
+        return False
+
     def _status(self, name, box):
         nxt = (box[-1].uid if box else 0) + 1
+        uv = self.uidvalidity_for("STATUS", name)
         if not self.say_uidnext:
             return b'* STATUS "%s" (MESSAGES %d UIDVALIDITY %d)\r\n' % (
-                name.encode(), len(box), self.uidvalidity)
+                name.encode(), len(box), uv)
         return b'* STATUS "%s" (MESSAGES %d UIDNEXT %d UIDVALIDITY %d)\r\n' % (
-            name.encode(), len(box), nxt, self.uidvalidity)
+            name.encode(), len(box), nxt, uv)
 
     def _fetch(self, folder, args, by_uid):
         with self.lock:
