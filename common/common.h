@@ -25,6 +25,12 @@ enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
  */
 void log_init(const char *prog, bool to_syslog, const char *debug_cats);
 void log_set_syslog(bool to_syslog);
+/*
+ * log_set_file - log to @path from now on (appended, created 0600, made
+ * 0600 if it was more open), in the foreground and after daemonizing.
+ * Returns 0, or -errno with one line in @err.
+ */
+int log_set_file(const char *path, char *err, size_t errlen);
 void log_msg(enum log_level lvl, const char *cat, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 

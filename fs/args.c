@@ -20,15 +20,19 @@ void args_usage(FILE *out)
 {
 	fputs("usage: convoyfs [-f] [-d] [-o OPT[,OPT...]] "
 	      "imaps://USER@HOST[:PORT] MOUNTPOINT\n"
+	      "       convoyfs status MOUNTPOINT\n"
 	      "       convoyfs --help | --version\n"
 	      "\n"
 	      "Mounts an IMAP account as a directory tree. Unmount with\n"
-	      "fusermount3 -u MOUNTPOINT.\n"
+	      "fusermount3 -u MOUNTPOINT. See convoyfs(1).\n"
 	      "\n"
 	      "  imaps://  TLS from the start (port 993)\n"
 	      "  imap://   STARTTLS, required (port 143)\n"
-	      "  -f        stay in the foreground\n"
-	      "  -d        FUSE debug output (implies -f)\n"
+	      "  -f        stay in the foreground: log to stderr, show the\n"
+	      "            first sync's progress on a terminal\n"
+	      "  -d        debug output: FUSE requests and the IMAP\n"
+	      "            conversation, passwords masked (implies -f)\n"
+	      "  status    print the state of the mount at MOUNTPOINT\n"
 	      "\n"
 	      "options (-o):\n"
 	      "  cafile=PATH            trust the CA certificates in PATH\n"
@@ -46,14 +50,24 @@ void args_usage(FILE *out)
 	      "                         (default: all; older mail of a folder\n"
 	      "                         comes with: echo 'grow FOLDER' >\n"
 	      "                         MOUNTPOINT/.convoyfs/ctl)\n"
+	      "  log_file=PATH          log there (created 0600) instead of to\n"
+	      "                         stderr (-f) or syslog (in the background)\n"
 	      "  debug=CATS             log categories joined by +: sync, fetch,\n"
 	      "                         thread, imap, tls, store, fs; or all\n"
 	      "  auth=login|plain       LOGIN (default) or AUTHENTICATE PLAIN;\n"
 	      "                         PLAIN is used anyway when LOGIN is "
 	      "disabled\n"
-	      "  allow_other            let other users see the mount\n"
+	      "  ro                     mount read-only: every write fails "
+	      "(EROFS)\n"
+	      "  allow_other            let other users see the mount (file\n"
+	      "                         modes still apply)\n"
 	      "  nonempty               mount over a directory that is not "
-	      "empty\n",
+	      "empty\n"
+	      "\n"
+	      "Accepted and ignored, for mount(8) and fstab: rw, defaults, dev,\n"
+	      "nodev, suid, nosuid, exec, noexec, auto, noauto, user, nouser,\n"
+	      "users, _netdev, nofail, atime, noatime, relatime, strictatime,\n"
+	      "nodiratime, lazytime, sync, async, x-*, comment=*.\n",
 	      out);
 }
 
@@ -183,6 +197,34 @@ static int parse_day(const char *v, int64_t *out)
 	return 0;
 }
 
+/*
+ * The options mount(8), mount.fuse3 and fstab pass to every filesystem:
+ * taken and ignored, so that an fstab line works. The kernel's FUSE
+ * mounts are nosuid and nodev anyway; atime does not apply (nothing
+ * here records an access).
+ */
+static bool generic_option(const char *o, const char *v)
+{
+	static const char *const flags[] = {
+		"rw",	    "defaults", "dev",	      "nodev",	  "suid",
+		"nosuid",   "exec",	"noexec",     "auto",	  "noauto",
+		"user",	    "nouser",	"users",      "_netdev",  "nofail",
+		"atime",    "noatime",	"relatime",   "norelatime",
+		"strictatime", "nostrictatime", "diratime", "nodiratime",
+		"lazytime", "nolazytime", "sync",     "async",
+	};
+
+	/* x-systemd.automount, x-gvfs-show, comment=systemd.automount */
+	if (!strncmp(o, "x-", 2) || !strcmp(o, "comment"))
+		return true;
+	if (v)
+		return false;
+	for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+		if (!strcmp(o, flags[i]))
+			return true;
+	return false;
+}
+
 /* what the -o options said so far, for options that rule out others */
 struct opt_seen {
 	bool sync_since;
@@ -265,6 +307,17 @@ static int parse_opts(char *opts, struct fs_args *a, struct opt_seen *seen,
 				a->cfg.auth_plain = true;
 			else if (strcmp(v, "login"))
 				goto bad;
+		} else if (!strcmp(o, "log_file") && v) {
+			if (!*v)
+				goto bad;
+			free(a->log_file);
+			a->log_file = xstrdup(v);
+		} else if (!strcmp(o, "ro") && !v) {
+			a->ro = true;
+		} else if (!strcmp(o, "rw") && !v) {
+			a->ro = false; /* the last of ro and rw wins, as in mount(8) */
+		} else if (generic_option(o, v)) {
+			continue;
 		} else if (!strcmp(o, "allow_other") && !v) {
 			a->allow_other = true;
 		} else if (!strcmp(o, "nonempty") && !v) {
@@ -325,6 +378,18 @@ int args_parse(int argc, char **argv, struct fs_args *a, char *err,
 	int npos = 0, rc;
 
 	memset(a, 0, sizeof(*a));
+	/* convoyfs status MOUNTPOINT (or --status): no URL, no mount */
+	if (argc > 1 &&
+	    (!strcmp(argv[1], "status") || !strcmp(argv[1], "--status"))) {
+		if (argc != 3) {
+			snprintf(err, errlen, "%s needs one mount point",
+				 argv[1]);
+			return -EINVAL;
+		}
+		a->status = true;
+		a->mountpoint = xstrdup(argv[2]);
+		return 0;
+	}
 	for (int i = 1; i < argc; i++) {
 		const char *arg = argv[i];
 
@@ -376,6 +441,8 @@ int args_parse(int argc, char **argv, struct fs_args *a, char *err,
 	rc = make_absolute(&a->cfg.cache_dir, err, errlen);
 	if (!rc)
 		rc = make_absolute(&a->cfg.cafile, err, errlen);
+	if (!rc)
+		rc = make_absolute(&a->log_file, err, errlen);
 	if (rc)
 		return rc;
 	if (!a->cfg.poll_interval)
@@ -638,6 +705,7 @@ int args_password(struct fs_args *a, char *err, size_t errlen)
 void args_release(struct fs_args *a)
 {
 	free(a->mountpoint);
+	free(a->log_file);
 	free(a->debug_cats);
 	free(a->password_command);
 	sync_config_release(&a->cfg);

@@ -9,9 +9,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common.h"
 
@@ -20,10 +22,21 @@ struct status_buf {
 	size_t len;
 };
 
+static char *status_text(struct fs *fs);
+
 /* the control files: status is read, ctl is written */
 void file_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
+	/* its real size, so that tools which trust st_size (a copy, an
+	 * editor) get it whole; the text is made anew at each open */
+	if (ino == INO_STATUS) {
+		char *text = status_text(fs);
+
+		st->st_size = (off_t)strlen(text);
+		free(text);
+	}
+	st->st_mtime = st->st_ctime = st->st_atime = fs->mounted_at;
 	st->st_ino = ino;
 	st->st_mode = S_IFREG | (ino == INO_CTL ? 0600 : 0400);
 	st->st_nlink = 1;
@@ -236,4 +249,176 @@ void control_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 	fuse_reply_write(req, size);
 out:
 	free(line);
+}
+
+/* ---- the first sync's progress, on a terminal ---- */
+
+/* how often the progress line is redrawn */
+#define PROGRESS_MS 500
+
+/*
+ * One mount per process: the progress line's thread and how to stop
+ * it. Its own state, not struct fs's: nothing else needs it.
+ */
+static struct {
+	pthread_t thread;
+	bool started;
+	bool stop; /* guarded by lock */
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+} progress = { .lock = PTHREAD_MUTEX_INITIALIZER,
+	       .wake = PTHREAD_COND_INITIALIZER };
+
+struct progress_counts {
+	size_t folders; /* folders that hold messages */
+	size_t folders_done; /* of those, complete (or to the horizon) */
+	uint64_t known; /* messages in the store */
+	uint64_t total; /* messages on the server at the last look */
+	bool idle; /* the sync has nothing left to do */
+};
+
+static void progress_count(struct fs *fs, struct progress_counts *pc)
+{
+	int64_t horizon = sync_horizon(fs->sync);
+	struct store_folder *f = NULL;
+	struct store *st;
+	char *text;
+	size_t n = 0;
+
+	memset(pc, 0, sizeof(*pc));
+	sync_status(fs->sync, &text);
+	pc->idle = strstr(text, "\nstate: idle\n") != NULL;
+	free(text);
+	if (borrow(fs, &st))
+		return;
+	if (!store_folder_list(st, &f, &n)) {
+		for (size_t i = 0; i < n; i++) {
+			struct sync_folder_status fst;
+			uint64_t count = 0;
+
+			if (f[i].noselect)
+				continue;
+			store_folder_count(st, f[i].id, &count);
+			pc->folders++;
+			pc->known += count;
+			if (sync_folder_status(fs->sync, f[i].id, &fst) ||
+			    !fst.has_total)
+				pc->total += count;
+			else
+				pc->total += fst.total > count ? fst.total
+							       : count;
+			if (f[i].low_uid == 1 ||
+			    (horizon && f[i].complete_since &&
+			     f[i].complete_since <= horizon))
+				pc->folders_done++;
+		}
+		store_folder_list_free(f, n);
+	}
+	give_back(fs, st);
+}
+
+/* "1h02m", "3m05s", "12s" */
+static void progress_span(char *buf, size_t len, long long s)
+{
+	if (s >= 3600)
+		snprintf(buf, len, "%lldh%02lldm", s / 3600, s / 60 % 60);
+	else if (s >= 60)
+		snprintf(buf, len, "%lldm%02llds", s / 60, s % 60);
+	else
+		snprintf(buf, len, "%llds", s);
+}
+
+static void *progress_main(void *arg)
+{
+	struct fs *fs = arg;
+	long long started = now_ms(), waited;
+	uint64_t first_known = UINT64_MAX;
+	struct progress_counts pc;
+	bool stop = false, shown = false;
+
+	while (!stop) {
+		char line[256], rate[64] = "", left[32];
+		double secs;
+
+		progress_count(fs, &pc);
+		if (first_known == UINT64_MAX)
+			first_known = pc.known; /* from an earlier mount */
+		waited = now_ms() - started;
+		if (pc.idle && pc.folders)
+			break;
+		secs = waited / 1000.0;
+		if (secs >= 2 && pc.known > first_known) {
+			double r = (pc.known - first_known) / secs;
+
+			progress_span(left, sizeof(left),
+				      pc.total > pc.known
+					      ? (long long)((pc.total -
+							     pc.known) / r)
+					      : 0);
+			snprintf(rate, sizeof(rate), ", %.0f/s, %s left", r,
+				 left);
+		}
+		snprintf(line, sizeof(line),
+			 "first sync: %zu/%zu folders, %llu/%llu messages%s",
+			 pc.folders_done, pc.folders,
+			 (unsigned long long)pc.known,
+			 (unsigned long long)pc.total, rate);
+		/* \r and erase to the end: one line, redrawn in place */
+		fprintf(stderr, "\r\033[K%s", line);
+		fflush(stderr);
+		shown = true;
+
+		pthread_mutex_lock(&progress.lock);
+		if (!progress.stop) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += PROGRESS_MS * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&progress.wake, &progress.lock,
+					       &ts);
+		}
+		stop = progress.stop;
+		pthread_mutex_unlock(&progress.lock);
+	}
+	if (stop) {
+		if (shown)
+			fputs("\r\033[K", stderr);
+		return NULL;
+	}
+	{
+		char took[32];
+
+		progress_span(took, sizeof(took), (now_ms() - started) / 1000);
+		fprintf(stderr, "%sconvoyfs: first sync done: %llu messages in "
+			"%zu folders (%s)\n",
+			shown ? "\r\033[K" : "", (unsigned long long)pc.known,
+			pc.folders, took);
+	}
+	return NULL;
+}
+
+void progress_start(struct fs *fs)
+{
+	/* a line redrawn in place means nothing in a log file */
+	if (!isatty(STDERR_FILENO))
+		return;
+	progress.stop = false;
+	progress.started = !pthread_create(&progress.thread, NULL,
+					   progress_main, fs);
+}
+
+void progress_stop(void)
+{
+	if (!progress.started)
+		return;
+	pthread_mutex_lock(&progress.lock);
+	progress.stop = true;
+	pthread_cond_signal(&progress.wake);
+	pthread_mutex_unlock(&progress.lock);
+	pthread_join(progress.thread, NULL);
+	progress.started = false;
 }

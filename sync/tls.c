@@ -38,6 +38,7 @@ struct tls_stream {
 	bool tls; /* handshake done: all I/O goes through ssl */
 	bool failed; /* fatal TLS error: send no close_notify */
 	bool host_is_ip;
+	bool implicit; /* imaps: TLS from the first byte */
 	int timeout_ms;
 	/* a reply must bring TRICKLE_MIN bytes per timeout, or be whole:
 	 * a server sending a byte now and then cannot hold a command (and
@@ -232,8 +233,35 @@ static SSL_CTX *tls_ctx_new(struct tls_stream *t, char *err, size_t errlen)
 	return ctx;
 }
 
+/* a chain that ends at a CA we were not told to trust */
+static bool tls_unknown_ca(long v)
+{
+	return v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
+	       v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
+	       v == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN ||
+	       v == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT ||
+	       v == X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE;
+}
+
+/*
+ * Whether the handshake failed on bytes that are no TLS record: a
+ * server that greets in plaintext ("* OK" reads as a record of version
+ * 0x204f). OpenSSL's own words for it ("wrong version number") help no
+ * one.
+ */
+static bool tls_peer_not_tls(void)
+{
+	unsigned long e = ERR_peek_last_error();
+	int r = ERR_GET_REASON(e);
+
+	return e && ERR_GET_LIB(e) == ERR_LIB_SSL &&
+	       (r == SSL_R_WRONG_VERSION_NUMBER ||
+		r == SSL_R_PACKET_LENGTH_TOO_LONG ||
+		r == SSL_R_UNKNOWN_PROTOCOL || r == SSL_R_HTTP_REQUEST);
+}
+
 /* Explain a failed handshake: certificate problems first, since they
- * are what the user can act on. */
+ * are what the user can act on; then a hint at the likely mistake. */
 static int tls_handshake_error(struct tls_stream *t, int sslerr, char *err,
 			       size_t errlen)
 {
@@ -244,9 +272,21 @@ static int tls_handshake_error(struct tls_stream *t, int sslerr, char *err,
 		snprintf(err, errlen,
 			 "certificate of %s does not match host name %s",
 			 t->host, t->host);
+	} else if (tls_unknown_ca(v) && t->cafile) {
+		snprintf(err, errlen, "cannot verify certificate of %s: %s "
+			 "(not issued by a CA in %s)", t->host,
+			 X509_verify_cert_error_string(v), t->cafile);
+	} else if (tls_unknown_ca(v)) {
+		snprintf(err, errlen, "cannot verify certificate of %s: "
+			 "unknown certificate authority (a private CA? -o "
+			 "cafile=PATH)", t->host);
 	} else if (v != X509_V_OK) {
 		snprintf(err, errlen, "cannot verify certificate of %s: %s",
 			 t->host, X509_verify_cert_error_string(v));
+	} else if (t->implicit && tls_peer_not_tls()) {
+		snprintf(err, errlen, "TLS handshake with %s:%s failed: the "
+			 "server does not speak TLS on this port; for STARTTLS "
+			 "use imap://", t->host, t->port);
 	} else {
 		snprintf(err, errlen, "TLS handshake with %s failed: %s",
 			 t->host, tls_reason(sslerr, "unknown error"));
@@ -319,6 +359,78 @@ out_setup:
 	snprintf(err, errlen, "cannot set up TLS for %s: %s", t->host,
 		 tls_reason(0, "bad host name"));
 	return -EINVAL;
+}
+
+/*
+ * imap:// to a port that speaks TLS from the start: both sides wait for
+ * the other, we for a greeting, the server for a ClientHello, until the
+ * whole timeout. So when no greeting came within GREETING_PROBE_MS, a
+ * second connection to the same address says hello in TLS: an answer
+ * that is a TLS record (a handshake or an alert) tells at once. A
+ * server that is only slow to greet answers the probe with nothing, or
+ * in plaintext, and the wait for its greeting goes on.
+ */
+#define GREETING_PROBE_MS 2000
+
+/* whether the server at @t->fd's peer answers a ClientHello in TLS,
+ * asked until @deadline */
+static bool tls_port_is_tls(struct tls_stream *t, long long deadline)
+{
+	struct sockaddr_storage peer;
+	socklen_t len = sizeof(peer);
+	struct tls_sigpipe g;
+	unsigned char first;
+	bool yes = false;
+	SSL *ssl = NULL;
+	int fd, r;
+
+	if (getpeername(t->fd, (struct sockaddr *)&peer, &len))
+		return false;
+	fd = socket(peer.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+		    0);
+	if (fd < 0)
+		return false;
+	if (connect(fd, (struct sockaddr *)&peer, len) < 0 &&
+	    (errno != EINPROGRESS || tls_wait(fd, POLLOUT, deadline)))
+		goto out;
+	ssl = SSL_new(t->ctx);
+	if (!ssl || SSL_set_fd(ssl, fd) != 1)
+		goto out;
+	if (!t->host_is_ip)
+		SSL_set_tlsext_host_name(ssl, t->host);
+	/* sends the ClientHello, then wants to read: all that is needed */
+	ERR_clear_error();
+	sigpipe_block(&g);
+	r = SSL_connect(ssl);
+	sigpipe_unblock(&g);
+	if (r == 1 || SSL_get_error(ssl, r) != SSL_ERROR_WANT_READ)
+		goto out;
+	if (tls_wait(fd, POLLIN, deadline))
+		goto out;
+	/* 0x16 a handshake record, 0x15 an alert; "* OK" is 0x2a */
+	if (recv(fd, &first, 1, MSG_PEEK) == 1)
+		yes = first == 0x16 || first == 0x15;
+out:
+	SSL_free(ssl);
+	close(fd);
+	ERR_clear_error();
+	return yes;
+}
+
+/* before the greeting of a plain (STARTTLS) connection: refuse a port
+ * that speaks TLS from the start, fast */
+static int tls_check_greeting(struct tls_stream *t, char *err, size_t errlen)
+{
+	long long probe_at = now_ms() + GREETING_PROBE_MS;
+
+	if (t->timeout_ms <= GREETING_PROBE_MS ||
+	    tls_wait(t->fd, POLLIN, probe_at) != -ETIMEDOUT)
+		return 0; /* a greeting, an error: libetpan's to read */
+	if (!tls_port_is_tls(t, probe_at + GREETING_PROBE_MS))
+		return 0;
+	snprintf(err, errlen, "no greeting from %s:%s, which speaks TLS from "
+		 "the start: use imaps://", t->host, t->port);
+	return -EPROTO;
 }
 
 /* bytes a reply must bring per timeout */
@@ -555,6 +667,7 @@ int tls_open(const struct tls_opts *o, mailstream **out, char *err,
 	t->port = xstrdup(o->port);
 	t->cafile = o->cafile ? xstrdup(o->cafile) : NULL;
 	t->host_is_ip = tls_is_ip(t->host);
+	t->implicit = o->implicit;
 	t->timeout_ms = (o->timeout > 0 ? o->timeout : 30) * 1000;
 	window_reset(t); /* the greeting's */
 
@@ -567,11 +680,12 @@ int tls_open(const struct tls_opts *o, mailstream **out, char *err,
 	rc = tls_connect(t, err, errlen);
 	if (rc)
 		goto out_free;
-	if (o->implicit) {
+	if (o->implicit)
 		rc = tls_handshake(t, err, errlen);
-		if (rc)
-			goto out_close;
-	}
+	else
+		rc = tls_check_greeting(t, err, errlen);
+	if (rc)
+		goto out_close;
 	low = mailstream_low_new(t, &tls_driver);
 	if (!low) {
 		rc = -ENOMEM;
