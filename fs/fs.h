@@ -28,6 +28,9 @@ struct fs_args {
 	char *password_command; /* owned, may be NULL */
 	bool allow_other;
 	bool nonempty; /* -o nonempty: mount over a directory with files */
+	bool ro; /* -o ro: every write fails with EROFS */
+	bool status; /* convoyfs status MOUNTPOINT: print, do not mount */
+	char *log_file; /* owned, may be NULL: -o log_file=PATH, absolute */
 	struct sync_config cfg; /* filled from the URL and -o options */
 };
 
@@ -58,9 +61,12 @@ void args_usage(FILE *out);
 #define INO_CTL_DIR 3ULL
 #define INO_STATUS 4ULL
 #define INO_CTL 5ULL
+#define INO_RECOVERED 6ULL /* .convoyfs/recovered */
 #define INO_FOLDER_BASE (1ULL << 48) /* + folder id */
 #define INO_CONV_BASE (2ULL << 48) /* + conversation id */
 #define INO_VIRT_BASE (3ULL << 48) /* + hash of the path: a parent only */
+#define INO_STAGED_BASE (4ULL << 48) /* + a counter: a file being written */
+#define INO_RECOVERED_BASE (5ULL << 48) /* + umid: .convoyfs/recovered/ */
 #define INO_KIND_MASK (~((1ULL << 48) - 1))
 
 #define CONVERSATIONS_NAME "Conversations"

@@ -32,6 +32,7 @@ struct fs {
 	bool notes_stop;
 	uid_t uid;
 	gid_t gid;
+	time_t mounted_at; /* the root's and .convoyfs's times */
 	pthread_mutex_t lock; /* guards tree and pool */
 	struct tree *tree;
 	atomic_bool folders_dirty;
@@ -78,6 +79,13 @@ int get_msg(struct fs *fs, int64_t umid, struct store_msg *m);
  * store_conv_release().
  */
 int get_conv(struct fs *fs, int64_t id, struct store_conv *c);
+/*
+ * lookup_message - the message file @name as it shows in folder @folder,
+ * or (@folder 0) in conversation @conv: its attributes into @st. -ENOENT
+ * if there is no such file there.
+ */
+int lookup_message(struct fs *fs, int64_t folder, int64_t conv,
+		   const char *name, struct stat *st);
 /* conv_name - the directory name of @c under Conversations/ into @buf
  * (NAMES_MAX + 1 bytes); returns its length */
 size_t conv_name(char *buf, const struct store_conv *c);
@@ -99,11 +107,57 @@ void control_release(fuse_req_t req, fuse_ino_t ino,
 void control_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		   size_t size, off_t off, struct fuse_file_info *fi);
 
+/*
+ * progress_start - when stderr is a terminal, redraw one line with the
+ * first sync's progress (folders done, messages known/total, rate, time
+ * left) until it is done; progress_stop ends it early. Foreground only.
+ */
+void progress_start(struct fs *fs);
+void progress_stop(void);
+
 /* ---- xattr.c: extended attributes (user.convoyfs.*) of messages ---- */
 
 void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		 size_t size);
 void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+
+/* ---- write.c: what writes become ---- */
+
+void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+	       fuse_ino_t newparent, const char *newname, unsigned int flags);
+void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name);
+void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name);
+void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+	      mode_t mode);
+void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+		 const char *value, size_t size, int flags);
+void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name);
+void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+	       mode_t mode, struct fuse_file_info *fi);
+/* a file being written (created here, appended at its close): the
+ * operations ops.c hands over for its inode */
+bool is_staged_ino(fuse_ino_t ino);
+int staged_getattr(struct fs *fs, fuse_ino_t ino, struct stat *st);
+int staged_setattr(struct fs *fs, fuse_ino_t ino, const struct stat *attr,
+		   int to_set, struct stat *out);
+void staged_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		  size_t size, off_t off, struct fuse_file_info *fi);
+void staged_flush(fuse_req_t req, fuse_ino_t ino);
+void staged_release(fuse_req_t req, fuse_ino_t ino);
+
+/* ---- recovered.c: .convoyfs/recovered/, content the server refused ---- */
+
+#define RECOVERED_NAME "recovered"
+bool is_recovered_ino(fuse_ino_t ino);
+int recovered_getattr(struct fs *fs, fuse_ino_t ino, struct stat *st);
+int recovered_lookup(struct fs *fs, const char *name, struct stat *st);
+/* an fd to read the file, or -errno */
+int recovered_open(struct fs *fs, fuse_ino_t ino);
+/* the server's reason (user.convoyfs.reason), malloc'ed */
+int recovered_reason(struct fs *fs, fuse_ino_t ino, char **text);
+int recovered_unlink(struct fs *fs, const char *name);
+int recovered_readdir(struct fs *fs, fuse_req_t req, char *buf, size_t size,
+		      off_t off, size_t *used);
 
 /* ---- notify.c: telling the kernel ---- */
 

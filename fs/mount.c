@@ -39,6 +39,8 @@ int borrow(struct fs *fs, struct store **out)
 	rc = store_open(fs->a->cfg.cache_dir, out);
 	if (rc)
 		log_error("cannot open the store: %s", strerror(-rc));
+	else
+		store_writes_relaxed(*out); /* see there: never mail */
 	return rc ? -EIO : 0;
 }
 
@@ -427,6 +429,26 @@ static void stop_notifier(struct fs *fs)
 
 /* ---- the mount ---- */
 
+/*
+ * "fsname=USER@HOST", with the commas and backslashes of the name
+ * escaped: libfuse splits -o on unescaped commas.
+ */
+static char *fsname_opt(const struct fs_args *a)
+{
+	char *src = xasprintf("%s@%s", a->cfg.user, a->cfg.host);
+	char *out = xmalloc(strlen("fsname=") + 2 * strlen(src) + 1), *o;
+
+	o = out + sprintf(out, "fsname=");
+	for (const char *c = src; *c; c++) {
+		if (*c == ',' || *c == '\\')
+			*o++ = '\\';
+		*o++ = *c;
+	}
+	*o = '\0';
+	free(src);
+	return out;
+}
+
 int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
 {
 	struct fuse_args fargs = FUSE_ARGS_INIT(0, NULL);
@@ -435,6 +457,7 @@ int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
 	struct fs fs = { .a = a, .sync = sync };
 	struct stopper sp = { .pipe = { -1, -1 } };
 	sigset_t quiet, old;
+	char *fsname;
 	int ret = 1, rc;
 
 	fs.uid = getuid();
@@ -445,11 +468,26 @@ int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
 	fuse_opt_add_arg(&fargs, argv[0]);
 	if (a->debug)
 		fuse_opt_add_arg(&fargs, "-d");
+	/*
+	 * The account as the source, so df, mount and findmnt name it,
+	 * as sshfs does. default_permissions always: the kernel checks
+	 * the modes (0600, 0700, ours), so allow_other shows the tree to
+	 * others without handing them the mail.
+	 */
+	fsname = fsname_opt(a);
 	fuse_opt_add_arg(&fargs, "-o");
-	fuse_opt_add_arg(&fargs, a->allow_other
-					 ? "fsname=convoyfs,subtype=convoyfs,"
-					   "allow_other"
-					 : "fsname=convoyfs,subtype=convoyfs");
+	fuse_opt_add_arg(&fargs, fsname);
+	fuse_opt_add_arg(&fargs, "-o");
+	fuse_opt_add_arg(&fargs, "subtype=convoyfs,default_permissions");
+	if (a->allow_other) {
+		fuse_opt_add_arg(&fargs, "-o");
+		fuse_opt_add_arg(&fargs, "allow_other");
+	}
+	if (a->ro) {
+		fuse_opt_add_arg(&fargs, "-o");
+		fuse_opt_add_arg(&fargs, "ro");
+	}
+	free(fsname);
 
 	se = fuse_session_new(&fargs, &fs_ops, sizeof(fs_ops), &fs);
 	if (!se)
@@ -470,6 +508,10 @@ int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
 			a->mountpoint);
 		goto out_stopper;
 	}
+	fs.mounted_at = time(NULL);
+	if (a->foreground)
+		fprintf(stderr, "convoyfs: %s@%s mounted on %s\n", a->cfg.user,
+			a->cfg.host, a->mountpoint);
 	fuse_daemonize(a->foreground);
 	if (!a->foreground)
 		log_set_syslog(true);
@@ -488,6 +530,9 @@ int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &quiet, &old);
 	if (!pthread_create(&fs.notifier, NULL, notifier_main, &fs))
 		fs.notifier_started = true;
+	/* -d fills the terminal with FUSE's requests: no progress line */
+	if (a->foreground && !a->debug)
+		progress_start(&fs);
 	sync_set_changed(sync, on_change, &fs);
 	rc = sync_start(sync);
 	if (!rc) {
@@ -510,6 +555,7 @@ int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
 	fuse_loop_cfg_set_max_threads(lc, 16);
 	rc = fuse_session_loop_mt(se, lc);
 	fuse_loop_cfg_destroy(lc);
+	progress_stop();
 	/* a stop that was asked for, by a signal or an unmount, is no
 	 * failure */
 	ret = atomic_load(&stop_signal) || !rc ? 0 : 1;
@@ -525,6 +571,7 @@ int fs_run(struct fs_args *a, struct sync *sync, int argc, char **argv)
 		_exit(ret);
 	}
 out_unmount:
+	progress_stop();
 	stop_notifier(&fs);
 	fuse_session_unmount(se);
 out_stopper:

@@ -2,8 +2,8 @@
  * ops.c - the filesystem: FUSE low-level operations answered from the
  * store and the body cache. getattr, lookup and readdir never touch the
  * network; only opening a message whose body is not cached waits for a
- * fetcher, with a deadline. Writes answer EROFS for now. The .convoyfs
- * files are served by control.c, extended attributes by xattr.c.
+ * fetcher, with a deadline. The .convoyfs files are served by
+ * control.c, extended attributes by xattr.c, the writes by write.c.
  */
 #define LOG_CAT "fs"
 #include "fs_i.h"
@@ -41,18 +41,32 @@ static bool msg_hidden(const struct store_msg *m)
 	 * so is an orphan (uid 0: no longer where we knew it) */
 	const char *p = strstr(m->flags ? m->flags : "", "\\Deleted");
 
-	return !m->uid || (p && (p[8] == '\0' || p[8] == ' '));
+	/* so is one the user removed, until the server has it too; one
+	 * the user wrote shows before it has a UID */
+	return (!m->uid && m->dest <= 0) || m->dest == STORE_DEST_EXPUNGE ||
+	       (p && (p[8] == '\0' || p[8] == ' '));
 }
 
 static void dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 {
+	/* folders take new mail and folders; Conversations/, its
+	 * directories and .convoyfs/ nothing, and say so (a file manager
+	 * offers what works) */
+	bool fixed = ino == INO_CONVERSATIONS || ino == INO_CTL_DIR ||
+		     (ino & INO_KIND_MASK) == INO_CONV_BASE;
+
 	memset(st, 0, sizeof(*st));
 	st->st_ino = ino;
-	st->st_mode = S_IFDIR | 0700;
+	st->st_mode = S_IFDIR | (fixed ? 0500 : 0700);
 	st->st_nlink = 2;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
 	st->st_blksize = 4096;
+	/* the mount's time, not 1970: file managers sort and show it (a
+	 * conversation's directory then takes its newest message's) */
+	st->st_mtim.tv_sec = fs->mounted_at;
+	st->st_ctim.tv_sec = fs->mounted_at;
+	st->st_atim.tv_sec = fs->mounted_at;
 }
 
 static void msg_attr(struct fs *fs, const struct store_msg *m,
@@ -60,7 +74,9 @@ static void msg_attr(struct fs *fs, const struct store_msg *m,
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = (ino_t)m->umid;
-	st->st_mode = S_IFREG | 0600;
+	/* the content is the server's: read-only; a file manager still
+	 * offers to move and delete it, as its folder is writable */
+	st->st_mode = S_IFREG | 0400;
 	/* one inode wherever it shows: its folder and its conversation */
 	st->st_nlink = m->conv ? 2 : 1;
 	st->st_uid = fs->uid;
@@ -125,7 +141,8 @@ static int any_dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 	struct tree *t;
 	bool found;
 
-	if (ino == INO_ROOT || ino == INO_CONVERSATIONS || ino == INO_CTL_DIR) {
+	if (ino == INO_ROOT || ino == INO_CONVERSATIONS || ino == INO_CTL_DIR ||
+	    ino == INO_RECOVERED) {
 		dir_attr(fs, ino, st);
 		return 0;
 	}
@@ -173,6 +190,10 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 		}
 	} else if (ino == INO_STATUS || ino == INO_CTL) {
 		file_attr(fs, ino, &st);
+	} else if (is_staged_ino(ino)) {
+		rc = staged_getattr(fs, ino, &st);
+	} else if (is_recovered_ino(ino)) {
+		rc = recovered_getattr(fs, ino, &st);
 	} else {
 		rc = any_dir_attr(fs, ino, &st);
 	}
@@ -196,8 +217,7 @@ static void reply_entry(fuse_req_t req, const struct stat *st)
 	fuse_reply_entry(req, &e);
 }
 
-/* a message file @name in folder @folder, or in conversation @conv */
-static int lookup_message(struct fs *fs, int64_t folder, int64_t conv,
+int lookup_message(struct fs *fs, int64_t folder, int64_t conv,
 			  const char *name, struct stat *st)
 {
 	char expect[NAMES_MAX + 1];
@@ -211,7 +231,7 @@ static int lookup_message(struct fs *fs, int64_t folder, int64_t conv,
 	if (rc)
 		return rc;
 	names_message(expect, m.date, m.zone, m.subject, m.umid);
-	if ((folder ? m.folder != folder : m.conv != conv) ||
+	if ((folder ? store_msg_shown_in(&m) != folder : m.conv != conv) ||
 	    strcmp(expect, name))
 		rc = -ENOENT;
 	else
@@ -256,7 +276,14 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		} else if (!strcmp(name, "ctl")) {
 			file_attr(fs, INO_CTL, &st);
 			rc = 0;
+		} else if (!strcmp(name, RECOVERED_NAME)) {
+			dir_attr(fs, INO_RECOVERED, &st);
+			rc = 0;
 		}
+		goto out;
+	}
+	if (parent == INO_RECOVERED) {
+		rc = recovered_lookup(fs, name, &st);
 		goto out;
 	}
 	if (parent == INO_CONVERSATIONS) {
@@ -348,7 +375,9 @@ static int add_messages(struct fs *fs, struct dirbuf *d, int64_t folder,
 			char name[NAMES_MAX + 1];
 
 			after = page[i].umid;
-			if (!full && !msg_hidden(&page[i])) {
+			/* a pending move shows it in its target only */
+			if (!full && !msg_hidden(&page[i]) &&
+			    (!folder || store_msg_shown_in(&page[i]) == folder)) {
 				names_message(name, page[i].date, page[i].zone,
 					      page[i].subject, page[i].umid);
 				full = !dir_add(d, name, (fuse_ino_t)page[i].umid,
@@ -408,13 +437,18 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	int rc = 0;
 
 	d.buf = xmalloc(size);
+	if (ino == INO_RECOVERED) {
+		rc = recovered_readdir(fs, req, d.buf, size, off, &d.used);
+		goto reply;
+	}
 	if (ino == INO_CTL_DIR || ino == INO_CONVERSATIONS || is_conv_ino(ino)) {
-		const char *names[] = { ".", "..", "status", "ctl" };
+		const char *names[] = { ".", "..", "status", "ctl",
+					RECOVERED_NAME };
 		const fuse_ino_t inos[] = { ino,
 					    is_conv_ino(ino) ? INO_CONVERSATIONS
 							     : INO_ROOT,
-					    INO_STATUS, INO_CTL };
-		size_t count = ino == INO_CTL_DIR ? 4 : 2;
+					    INO_STATUS, INO_CTL, INO_RECOVERED };
+		size_t count = ino == INO_CTL_DIR ? 5 : 2;
 		off_t i;
 
 		if (is_conv_ino(ino) && off == 0) {
@@ -426,7 +460,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		}
 		for (i = off; i < (off_t)count; i++)
 			if (!dir_add(&d, names[i], inos[i],
-				     i < 2 ? S_IFDIR : S_IFREG, i + 1))
+				     i < 2 || i == 4 ? S_IFDIR : S_IFREG, i + 1))
 				goto reply;
 		if (off < MSG_OFF)
 			off = MSG_OFF;
@@ -516,6 +550,17 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
+	if (is_recovered_ino(ino)) {
+		fd = recovered_open(fs, ino);
+		if (fd < 0) {
+			fuse_reply_err(req, -fd);
+			return;
+		}
+		fi->fh = (uint64_t)fd;
+		if (fuse_reply_open(req, fi) == -ENOENT)
+			close(fd);
+		return;
+	}
 	if (!is_message_ino(ino)) {
 		fuse_reply_err(req, EISDIR);
 		return;
@@ -566,22 +611,44 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 		control_release(req, ino, fi);
 		return;
 	}
+	if (is_staged_ino(ino)) {
+		staged_release(req, ino);
+		return;
+	}
 	close((int)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	if (is_staged_ino(ino)) {
+		staged_flush(req, ino);
+		return;
+	}
 	fuse_reply_err(req, 0);
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
+	struct fs *fs = fs_of(req);
 	struct statvfs sv;
+	uint64_t used, limit;
 
 	memset(&sv, 0, sizeof(sv));
 	sv.f_bsize = 4096;
 	sv.f_frsize = 4096;
 	sv.f_namemax = NAMES_MAX;
+	/* df shows the mailbox's quota where the server has one (as
+	 * the sync last heard it: no network wait here) */
+	if (!sync_quota(fs->sync, &used, &limit)) {
+		sv.f_blocks = (fsblkcnt_t)(limit / sv.f_frsize);
+		sv.f_bfree = (fsblkcnt_t)((limit - used) / sv.f_frsize);
+		sv.f_bavail = sv.f_bfree;
+	}
 	fuse_reply_statfs(req, &sv);
 }
 
-/* ---- writes: a read-only filesystem for now ---- */
+/* ---- what writes have no meaning here ---- */
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		       int to_set, struct fuse_file_info *fi)
@@ -594,22 +661,21 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		fuse_reply_attr(req, &st, ENTRY_TIMEOUT);
 		return;
 	}
-	fuse_reply_err(req, EROFS);
+	if (is_staged_ino(ino)) {
+		int rc = staged_setattr(fs_of(req), ino, attr, to_set, &st);
+
+		if (rc)
+			fuse_reply_err(req, -rc);
+		else
+			fuse_reply_attr(req, &st, 0);
+		return;
+	}
+	/* a message's content and times are the server's */
+	fuse_reply_err(req, fs_of(req)->a->ro ? EROFS : EPERM);
 }
 
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
 		     mode_t mode, dev_t rdev)
-{
-	fuse_reply_err(req, EROFS);
-}
-
-static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
-		     mode_t mode)
-{
-	fuse_reply_err(req, EROFS);
-}
-
-static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	fuse_reply_err(req, EROFS);
 }
@@ -620,21 +686,8 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 	fuse_reply_err(req, EROFS);
 }
 
-static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
-		      fuse_ino_t newparent, const char *newname,
-		      unsigned int flags)
-{
-	fuse_reply_err(req, EROFS);
-}
-
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 		    const char *newname)
-{
-	fuse_reply_err(req, EROFS);
-}
-
-static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
-		      mode_t mode, struct fuse_file_info *fi)
 {
 	fuse_reply_err(req, EROFS);
 }
@@ -642,22 +695,15 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		     size_t size, off_t off, struct fuse_file_info *fi)
 {
+	if (is_staged_ino(ino)) {
+		staged_write(req, ino, buf, size, off, fi);
+		return;
+	}
 	if (ino != INO_CTL) {
 		fuse_reply_err(req, EROFS);
 		return;
 	}
 	control_write(req, ino, buf, size, off, fi);
-}
-
-static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
-			const char *value, size_t size, int flags)
-{
-	fuse_reply_err(req, EROFS);
-}
-
-static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
-{
-	fuse_reply_err(req, EROFS);
 }
 
 const struct fuse_lowlevel_ops fs_ops = {
@@ -667,6 +713,7 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.open = op_open,
 	.read = op_read,
 	.release = op_release,
+	.flush = op_flush,
 	.getxattr = op_getxattr,
 	.listxattr = op_listxattr,
 	.statfs = op_statfs,
@@ -674,7 +721,7 @@ const struct fuse_lowlevel_ops fs_ops = {
 	.mknod = op_mknod,
 	.mkdir = op_mkdir,
 	.unlink = op_unlink,
-	.rmdir = op_unlink,
+	.rmdir = op_rmdir,
 	.symlink = op_symlink,
 	.rename = op_rename,
 	.link = op_link,

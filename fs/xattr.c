@@ -24,6 +24,10 @@ static int xattr_value(struct fs *fs, fuse_ino_t ino, const char *name,
 	struct store_msg m;
 	int rc;
 
+	if (is_recovered_ino(ino))
+		return !strcmp(name, "user.convoyfs.reason")
+			       ? recovered_reason(fs, ino, value)
+			       : -ENODATA;
 	if (!is_message_ino(ino))
 		return -ENODATA;
 	rc = get_msg(fs, (int64_t)ino, &m);
@@ -42,7 +46,7 @@ static int xattr_value(struct fs *fs, fuse_ino_t ino, const char *name,
 
 		rc = borrow(fs, &st);
 		if (!rc) {
-			rc = store_folder_get(st, m.folder, &f);
+			rc = store_folder_get(st, store_msg_shown_in(&m), &f);
 			give_back(fs, st);
 		}
 		if (!rc) {

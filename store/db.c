@@ -29,12 +29,13 @@ struct stmt_def {
 	"m.emailid, m.real_size, " MSG_DEST                                 \
 	"FROM messages m LEFT JOIN flagsets f ON f.id = m.flagset "
 
-/* where a pending write shows message m: its latest move's target, -1
- * (STORE_DEST_EXPUNGE) for an expunge, NULL for none; ops_umid finds
- * them, and the table is empty but for writes not yet on the server */
+/* where a pending write shows message m: its latest move's (or its
+ * append's) target, -1 (STORE_DEST_EXPUNGE) for an expunge, NULL for
+ * none; ops_umid finds them, and the table is empty but for writes
+ * not yet on the server */
 #define MSG_DEST                                                          \
 	"(SELECT iif(o.kind = 'expunge', -1, o.dst) FROM ops o "         \
-	"WHERE o.umid = m.umid AND o.kind IN ('move', 'expunge') "       \
+	"WHERE o.umid = m.umid AND o.kind IN ('move', 'expunge', 'append') " \
 	"ORDER BY o.id DESC LIMIT 1) "
 
 #define FOLDER_COLUMNS                                                     \
@@ -42,9 +43,10 @@ struct stmt_def {
 	"low_uid, highestmodseq, last_refresh, mailboxid, "                \
 	"coalesce(complete_since, 0) FROM folders "
 
-#define OP_COLUMNS                                                   \
+#define OP_COLUMNS_NO_FROM                                           \
 	"id, kind, umid, dst, name, name2, base, sent, dst_uidnext, " \
-	"attempts, created FROM ops "
+	"attempts, created, src, src_uid"
+#define OP_COLUMNS OP_COLUMNS_NO_FROM " FROM ops "
 
 #define CONV_COLUMNS \
 	"id, subject, first_date, first_zone, last_date, count FROM conversations "
@@ -128,8 +130,8 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 	/* what pending moves show in folder ?1 */
 	[ST_MSG_LIST_MOVED_IN] = { "msg_list_moved_in",
 		"SELECT " MSG_COLUMNS
-		"WHERE m.umid IN (SELECT umid FROM ops WHERE kind = 'move' "
-		"AND dst = ?1 AND umid > ?2) ORDER BY m.umid LIMIT ?3" },
+		"WHERE m.umid IN (SELECT umid FROM ops WHERE kind IN ('move', "
+		"'append') AND dst = ?1 AND umid > ?2) ORDER BY m.umid LIMIT ?3" },
 	[ST_MSG_UIDS] = { "msg_uids",
 		"SELECT uid FROM messages WHERE folder = ?1 "
 		"AND uid BETWEEN ?2 AND ?3 ORDER BY uid" },
@@ -229,8 +231,9 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"UPDATE messages SET uid = -umid WHERE folder = ?1 AND uid > 0" },
 	/* served by the partial index messages_orphans */
 	[ST_ORPHAN_MATCH] = { "orphan_match",
-		"SELECT umid, emailid, message_id FROM messages "
-		"WHERE uid < 0 AND date = ?1 AND size = ?2 ORDER BY umid" },
+		"SELECT umid, emailid, message_id FROM messages m "
+		"WHERE uid < 0 AND date = ?1 AND size = ?2 AND NOT EXISTS "
+		"(SELECT 1 FROM ops o WHERE o.umid = m.umid) ORDER BY umid" },
 	/* rows stored since ?1 (a range of the primary key), ?4 aside */
 	[ST_TWIN_MATCH] = { "twin_match",
 		"SELECT umid, emailid, message_id FROM messages "
@@ -242,7 +245,8 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 	[ST_MSG_FLAGSET_OF] = { "msg_flagset_of",
 		"SELECT flagset, folder, uid FROM messages WHERE umid = ?1" },
 	[ST_FOLDER_ORPHANS] = { "folder_orphans",
-		"SELECT umid FROM messages WHERE folder = ?1 AND uid < 0 "
+		"SELECT umid FROM messages m WHERE folder = ?1 AND uid < 0 "
+		"AND NOT EXISTS (SELECT 1 FROM ops o WHERE o.umid = m.umid) "
 		"ORDER BY umid LIMIT 1000" },
 	[ST_MSG_MAX_UMID] = { "msg_max_umid",
 		"SELECT coalesce(max(umid), 0) FROM messages" },
@@ -274,23 +278,36 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"DELETE FROM ops WHERE id = ?1" },
 	[ST_OP_NEXT] = { "op_next",
 		"SELECT " OP_COLUMNS "WHERE id > ?1 ORDER BY id LIMIT 1" },
-	/* ?1 kind, ?2 the server folder of the messages, ?3 target, ?4 from */
+	/* ?1 kind, ?2 the server folder of the messages, ?3 target, ?4 from,
+	 * ?6 sent; never past a folder op, which may change names */
 	[ST_OP_BATCH] = { "op_batch",
-		"SELECT " OP_COLUMNS "WHERE kind = ?1 AND sent = 0 AND id >= ?4 "
+		"SELECT " OP_COLUMNS "WHERE kind = ?1 AND sent = ?6 AND id >= ?4 "
 		"AND dst IS ?3 AND umid IN (SELECT umid FROM messages "
-		"WHERE folder = ?2) ORDER BY id LIMIT ?5" },
+		"WHERE folder = ?2) AND id < coalesce((SELECT min(id) FROM ops "
+		"WHERE id > ?4 AND kind IN ('create', 'delete', 'rename')), "
+		"9223372036854775807) ORDER BY id LIMIT ?5" },
 	[ST_OP_SENT] = { "op_sent",
 		"UPDATE ops SET sent = 1, dst_uidnext = ?2, "
-		"attempts = attempts + 1 WHERE id = ?1" },
+		"attempts = attempts + 1, (src, src_uid) = (SELECT folder, uid "
+		"FROM messages WHERE umid = ops.umid) WHERE id = ?1" },
 	[ST_OP_FAILED] = { "op_failed",
 		"UPDATE ops SET last_error = ?2 WHERE id = ?1" },
 	[ST_OP_COUNT] = { "op_count", "SELECT count(*) FROM ops" },
+	/* the first ?1 ops and how many there are, in one statement */
+	[ST_OP_SUMMARY] = { "op_summary",
+		"SELECT " OP_COLUMNS_NO_FROM ", (SELECT count(*) FROM ops) "
+		"FROM ops ORDER BY id LIMIT ?1" },
 	[ST_OP_FOLDER_PENDING] = { "op_folder_pending",
 		"SELECT EXISTS (SELECT 1 FROM ops WHERE (kind = 'create' "
 		"AND name = ?1) OR (kind = 'rename' AND name2 = ?1))" },
 	[ST_FOLDER_SHOWS] = { "folder_shows",
 		"SELECT EXISTS (SELECT 1 FROM messages WHERE folder = ?1) "
-		"OR EXISTS (SELECT 1 FROM ops WHERE kind = 'move' AND dst = ?1)" },
+		"OR EXISTS (SELECT 1 FROM ops WHERE kind IN ('move', 'append') "
+		"AND dst = ?1)" },
+	[ST_OP_STAGED_USED] = { "op_staged_used",
+		"SELECT 1 FROM ops WHERE kind = 'append' AND name = ?1" },
+	[ST_OP_APPEND_ROW] = { "op_append_row",
+		"UPDATE messages SET uid = -umid WHERE umid = ?1" },
 	[ST_MSG_SET_FOLDER_UID] = { "msg_set_folder_uid",
 		"UPDATE messages SET folder = ?2, uid = iif(?3 > 0, ?3, -umid) "
 		"WHERE umid = ?1" },
@@ -350,6 +367,11 @@ int store_errno(int rc)
 }
 
 int store_cache_only(struct store *s)
+{
+	return store_exec(s, ST_SYNC_NORMAL);
+}
+
+int store_writes_relaxed(struct store *s)
 {
 	return store_exec(s, ST_SYNC_NORMAL);
 }
@@ -810,10 +832,54 @@ fail_close:
 }
 
 /* move a damaged database (and its -wal/-shm) out of the way */
+/*
+ * Writes recorded in a database found corrupt are not applied to the
+ * new one (what they refer to is gone with it): never silently. Say
+ * how many of each kind it still shows, or that it cannot tell; a
+ * message waiting to be appended stays in the staging directory,
+ * which the next start moves to recovered/.
+ */
+static void report_lost_ops(const char *path)
+{
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	char list[256] = "";
+	size_t used = 0;
+	int rc;
+
+	rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_prepare_v2(db,
+					"SELECT kind, count(*) FROM ops "
+					"GROUP BY kind ORDER BY kind",
+					-1, &st, NULL);
+	while (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW &&
+	       used < sizeof(list) - 64)
+		used += (size_t)snprintf(list + used, sizeof(list) - used,
+					 "%s%lld %s", used ? ", " : "",
+					 (long long)sqlite3_column_int64(st, 1),
+					 (const char *)sqlite3_column_text(st, 0));
+	if (rc != SQLITE_OK)
+		log_error("the corrupt database %s may have held writes not "
+			  "yet on the server; they cannot be read and are not "
+			  "applied (messages being appended are kept in "
+			  "recovered/)",
+			  path);
+	else if (used)
+		log_error("the corrupt database %s held writes not yet on the "
+			  "server, which are not applied: %s (messages being "
+			  "appended are kept in recovered/)",
+			  path, list);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+}
+
 static int set_aside(const char *path)
 {
 	char *to, *side;
 	int rc = 0;
+
+	report_lost_ops(path);
 
 	to = xasprintf("%s.corrupt-%lld", path, (long long)time(NULL));
 	if (rename(path, to)) {
@@ -915,6 +981,8 @@ int store_open(const char *dir, struct store **out)
 
 out_free:
 	free(s->bodydir);
+	free(s->stagedir);
+	free(s->recovereddir);
 	free(s->dir);
 	free(s);
 	return rc;
@@ -950,6 +1018,8 @@ void store_close(struct store *s)
 	pthread_mutex_unlock(&open_lock);
 
 	free(s->bodydir);
+	free(s->stagedir);
+	free(s->recovereddir);
 	free(s->dir);
 	free(s);
 }

@@ -8,15 +8,21 @@
 #define LOG_CAT "store"
 #include "common.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char *const kind_names[] = {
 	[STORE_OP_MOVE] = "move",     [STORE_OP_EXPUNGE] = "expunge",
 	[STORE_OP_FLAGS] = "flags",   [STORE_OP_CREATE] = "create",
 	[STORE_OP_DELETE] = "delete", [STORE_OP_RENAME] = "rename",
+	[STORE_OP_APPEND] = "append",
 };
 
 const char *store_op_kind_name(enum store_op_kind k)
@@ -57,6 +63,8 @@ static void op_from_row(sqlite3_stmt *st, struct store_op *op)
 	op->dst_uidnext = (uint32_t)sqlite3_column_int64(st, 8);
 	op->attempts = (unsigned)sqlite3_column_int(st, 9);
 	op->created = sqlite3_column_int64(st, 10);
+	op->src = sqlite3_column_int64(st, 11);
+	op->src_uid = sqlite3_column_int64(st, 12);
 }
 
 /* run @st (statement @id, bound) expecting no rows */
@@ -343,6 +351,7 @@ int store_op_batch(struct store *s, const struct store_op *first,
 		sqlite3_bind_int64(st, 3, first->dst);
 	sqlite3_bind_int64(st, 4, first->id);
 	sqlite3_bind_int64(st, 5, (int64_t)max);
+	sqlite3_bind_int(st, 6, first->sent);
 	while (len < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
 		op_from_row(st, &v[len++]);
 	if (len < max && rc != SQLITE_DONE) {
@@ -389,6 +398,33 @@ int store_op_failed(struct store *s, int64_t id, const char *why)
 	sqlite3_bind_int64(st, 1, id);
 	store_bind_text(st, 2, why);
 	return step_done(s, ST_OP_FAILED, st);
+}
+
+int store_op_summary(struct store *s, struct store_op *v, size_t max,
+		     size_t *n, uint64_t *total)
+{
+	sqlite3_stmt *st;
+	int rc = store_prepare(s, ST_OP_SUMMARY, &st);
+
+	*n = 0;
+	*total = 0;
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, (int64_t)max);
+	while (*n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		op_from_row(st, &v[*n]);
+		*total = (uint64_t)sqlite3_column_int64(st, 13);
+		(*n)++;
+	}
+	if (*n < max && rc != SQLITE_DONE) {
+		rc = store_fail(s, ST_OP_SUMMARY, rc);
+		while (*n)
+			store_op_release(&v[--(*n)]);
+	} else {
+		rc = 0;
+	}
+	store_done(st);
+	return rc;
 }
 
 int store_op_count(struct store *s, uint64_t *n)
@@ -449,4 +485,144 @@ int store_msg_relocate(struct store *s, int64_t umid, int64_t folder,
 		}
 	}
 	return store_tx_end(s, own, rc);
+}
+
+int store_op_append(struct store *s, int64_t umid, int64_t folder,
+		    const char *staged)
+{
+	sqlite3_stmt *st;
+	int rc = store_prepare(s, ST_OP_APPEND_ROW, &st);
+
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, umid);
+	rc = step_done(s, ST_OP_APPEND_ROW, st);
+	if (!rc)
+		rc = op_add(s, STORE_OP_APPEND, umid, folder, staged, NULL, NULL);
+	return rc;
+}
+
+/* <store dir>/@name, made owner-only on first use; cached in *@slot */
+static const char *own_dir(struct store *s, const char *name, char **slot)
+{
+	if (!*slot) {
+		char *p = xasprintf("%s/%s", s->dir, name);
+
+		if (mkdir(p, 0700) && errno != EEXIST) {
+			log_error("cannot make %s: %s", p, strerror(errno));
+			free(p);
+			return NULL;
+		}
+		*slot = p;
+	}
+	return *slot;
+}
+
+const char *store_stage_dir(struct store *s)
+{
+	return own_dir(s, "staged", &s->stagedir);
+}
+
+const char *store_recovered_dir(struct store *s)
+{
+	return own_dir(s, "recovered", &s->recovereddir);
+}
+
+int store_body_from_fd(struct store *s, int64_t umid, int fd)
+{
+	struct store_body_writer *w;
+	char buf[65536];
+	off_t off = 0;
+	sqlite3_stmt *st;
+	int rc = store_body_begin(s, umid, &w);
+
+	if (rc)
+		return rc;
+	for (;;) {
+		ssize_t k = pread(fd, buf, sizeof(buf), off);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0) {
+			rc = -errno;
+			store_body_abort(w);
+			return rc;
+		}
+		if (!k)
+			break;
+		rc = store_body_append(w, buf, (size_t)k);
+		if (rc) {
+			store_body_abort(w);
+			return rc;
+		}
+		off += k;
+	}
+	rc = store_body_commit(w);
+	if (rc)
+		return rc;
+	rc = store_prepare(s, ST_MSG_SET_REAL_SIZE, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, umid);
+	sqlite3_bind_int64(st, 2, (int64_t)off);
+	return step_done(s, ST_MSG_SET_REAL_SIZE, st);
+}
+
+int store_stage_sweep(struct store *s, size_t *kept)
+{
+	const char *dir = store_stage_dir(s), *rec = store_recovered_dir(s);
+	struct dirent *e;
+	DIR *d;
+	int rc = 0;
+
+	*kept = 0;
+	if (!dir || !rec)
+		return -EIO;
+	d = opendir(dir);
+	if (!d)
+		return -errno;
+	while (!rc && (e = readdir(d))) {
+		char *path, *to, *why;
+		sqlite3_stmt *st;
+		struct stat sb;
+		bool used = false;
+
+		if (e->d_name[0] == '.')
+			continue;
+		path = xasprintf("%s/%s", dir, e->d_name);
+		rc = store_prepare(s, ST_OP_STAGED_USED, &st);
+		if (rc) {
+			free(path);
+			break;
+		}
+		store_bind_text(st, 1, path);
+		used = sqlite3_step(st) == SQLITE_ROW;
+		store_done(st);
+		if (used || stat(path, &sb)) {
+			free(path);
+			continue;
+		}
+		/* written but never recorded (the process died in between,
+		 * before close() returned): kept, as all content is */
+		to = xasprintf("%s/%llu.eml", rec, (unsigned long long)sb.st_ino);
+		why = xasprintf("%s/%llu.reason", rec,
+				(unsigned long long)sb.st_ino);
+		if (!rename(path, to)) {
+			FILE *f = fopen(why, "w");
+
+			if (f) {
+				fputs("written into the mount when the process "
+				      "stopped, before it was recorded; not "
+				      "appended\n",
+				      f);
+				fclose(f);
+			}
+			(*kept)++;
+		}
+		free(why);
+		free(to);
+		free(path);
+	}
+	closedir(d);
+	return rc;
 }

@@ -273,7 +273,9 @@ static const char *const migrations[] = {
 	 * 'create', 'delete' (folder name), 'rename' (name to name2).
 	 * sent: 1 once its command may have reached the server, so that a
 	 * new attempt first looks where the message is; dst_uidnext is the
-	 * target's UIDNEXT just before, where a moved message will appear.
+	 * target's UIDNEXT just before, where a moved message will appear,
+	 * and src, src_uid where the message was then (a refresh that saw
+	 * the outcome first may have moved its row since).
 	 */
 	"DROP TABLE ops;"
 	"CREATE TABLE ops ("
@@ -286,6 +288,8 @@ static const char *const migrations[] = {
 	"  base TEXT,"
 	"  sent INTEGER NOT NULL DEFAULT 0,"
 	"  dst_uidnext INTEGER NOT NULL DEFAULT 0,"
+	"  src INTEGER,"
+	"  src_uid INTEGER,"
 	"  attempts INTEGER NOT NULL DEFAULT 0,"
 	"  last_error TEXT,"
 	"  created INTEGER NOT NULL DEFAULT 0"

@@ -100,6 +100,18 @@ int store_open(const char *dir, struct store **out);
  */
 int store_cache_only(struct store *s);
 
+/*
+ * store_writes_relaxed - @s records the user's writes (the operation
+ * log) without syncing each commit to disk (WAL, synchronous=NORMAL):
+ * a record survives a crash of the process, as the log is in the page
+ * cache, but a power cut may lose the last ones. Never mail: a lost
+ * move leaves the message where the server has it, and a lost append's
+ * content, synced before its record, is kept in recovered/ by the next
+ * start (store_stage_sweep). One fsync per rename would make `mv` of
+ * many files wait on the disk for each.
+ */
+int store_writes_relaxed(struct store *s);
+
 /* store_close - finalize statements and close; NULL is fine. */
 void store_close(struct store *s);
 
@@ -310,6 +322,8 @@ enum store_op_kind {
 	STORE_OP_CREATE, /* folder name */
 	STORE_OP_DELETE, /* folder name */
 	STORE_OP_RENAME, /* folder name to name2 */
+	STORE_OP_APPEND, /* umid, a new row of folder dst, whose content is
+			    the file name (in the staging directory) */
 };
 
 struct store_op {
@@ -322,6 +336,10 @@ struct store_op {
 	char *base; /* owned, may be NULL: flags the server had */
 	bool sent; /* its command may have reached the server */
 	uint32_t dst_uidnext; /* move: the target's UIDNEXT before */
+	/* once sent: where the message was then (folder, and uid as
+	 * stored: negative for a row waiting to be appended) */
+	int64_t src;
+	int64_t src_uid;
 	unsigned attempts;
 	int64_t created; /* Unix time */
 };
@@ -342,6 +360,28 @@ int store_op_expunge(struct store *s, int64_t umid);
 /* store_op_flags - @umid's flags become @flags now; the flags the
  * server has are kept as the op's base, for the difference to send. */
 int store_op_flags(struct store *s, int64_t umid, const char *flags);
+/*
+ * store_op_append - row @umid, just stored in folder @folder with UID 0
+ * (thread_put, in the caller's transaction), is a message the user
+ * wrote: it waits as uid -umid (neither adopted nor purged while its op
+ * waits) for the APPEND of the file @staged. In the caller's
+ * transaction.
+ */
+int store_op_append(struct store *s, int64_t umid, int64_t folder,
+		    const char *staged);
+/* store_stage_dir, store_recovered_dir - the directories (owner-only,
+ * made on first use) for files waiting to be appended, and for content
+ * the server refused; NULL if they cannot be made */
+const char *store_stage_dir(struct store *s);
+const char *store_recovered_dir(struct store *s);
+/* store_stage_sweep - at start: staged files no op refers to (left by
+ * a crash before their op was committed) go to the recovered directory;
+ * *@kept is how many */
+int store_stage_sweep(struct store *s, size_t *kept);
+/* store_body_from_fd - @fd's whole content (read from offset 0) is the
+ * cached body of @umid, and its length the real size */
+int store_body_from_fd(struct store *s, int64_t umid, int fd);
+
 /* store_op_create - a new folder row for @f and its CREATE; *@id */
 int store_op_create(struct store *s, const struct store_folder *f,
 		    int64_t *id);
@@ -365,8 +405,9 @@ int store_op_rename(struct store *s, const struct store_folder *v, size_t n,
 int store_op_next(struct store *s, int64_t after, struct store_op *out);
 /*
  * store_op_batch - up to @max ops that run with @first in one command:
- * unsent ops of the same kind on messages of the same folder (and for
- * moves the same target), in id order, @first included. Malloc'ed
+ * ops of the same kind, sent or not as @first, on messages of @folder
+ * (and for moves the same target), in id order from @first on, and none
+ * past a folder op (which may change what names mean). Malloc'ed
  * array in *@out (release each, then free()).
  */
 int store_op_batch(struct store *s, const struct store_op *first,
@@ -382,6 +423,11 @@ int store_op_done(struct store *s, int64_t id);
 /* store_op_failed - attempt of op @id failed for a reason that may pass
  * (the connection): count it and keep @why. */
 int store_op_failed(struct store *s, int64_t id, const char *why);
+/* store_op_summary - the first @max ops into @v (release each), *@n
+ * of them, and how many wait in all into *@total: one statement, as
+ * every write asks */
+int store_op_summary(struct store *s, struct store_op *v, size_t max,
+		     size_t *n, uint64_t *total);
 /* store_op_count - ops waiting */
 int store_op_count(struct store *s, uint64_t *n);
 /* store_op_folder_pending - whether an op waits that creates or renames

@@ -92,6 +92,9 @@ enum store_stmt {
 	ST_OP_FOLDER_PENDING,
 	ST_FOLDER_SHOWS,
 	ST_MSG_SET_FOLDER_UID,
+	ST_OP_APPEND_ROW,
+	ST_OP_STAGED_USED,
+	ST_OP_SUMMARY,
 	ST__COUNT
 };
 
@@ -126,6 +129,8 @@ struct store {
 	sqlite3 *db;
 	char *dir; /* owned: canonical path of the store directory */
 	char *bodydir; /* owned: <dir>/bodies */
+	char *stagedir; /* owned, NULL until used: <dir>/staged */
+	char *recovereddir; /* owned, NULL until used: <dir>/recovered */
 	sqlite3_stmt *stmt[ST__COUNT]; /* prepared on first use */
 	/* reads not yet recorded in bodies.last_read (see bodies.c) */
 	struct store_touch touch[STORE_TOUCH_MAX];

@@ -63,6 +63,31 @@ struct watcher {
 	enum push_mode mode; /* guarded by sync's lock */
 };
 
+/*
+ * A message whose metadata FETCH breaks the connection every time (a
+ * server that crashes on it, or says something libetpan cannot parse)
+ * would stop its folder for ever. The UIDs of the FETCH that broke are
+ * suspects; each retry fetches half of them (refresh.c, grow.c), the
+ * half that goes well is cleared, and one UID that breaks the
+ * connection twice alone is skipped: the bookmark moves past it, so it
+ * stays out until the folder is learned again. One hunt per folder, a
+ * few folders at a time.
+ */
+#define SYNC_HUNTS 8
+struct sync_hunt {
+	int64_t folder; /* 0: no hunt */
+	uint32_t lo, hi; /* the suspects; 0, 0: the first look (by
+			    sequence number) broke */
+	unsigned strikes; /* failures of lo == hi alone */
+};
+
+#define SYNC_POISONED_MAX 256
+struct sync_poisoned {
+	int64_t folder;
+	uint32_t uid;
+	bool told; /* logged and in the status file */
+};
+
 /* a folder to refresh ahead of the rounds: asked for by the user, or
  * pushed by the server through the watcher */
 struct asked_folder {
@@ -106,6 +131,11 @@ struct sync {
 	bool fresh_list; /* sync_new just listed: the first round need not */
 	int64_t suspect; /* the folder whose job was running when the
 			    connection broke: refreshed last */
+	struct job *ops_job; /* the executor queued or running, or NULL */
+	struct sync_hunt hunts[SYNC_HUNTS];
+	unsigned next_hunt; /* the slot a new hunt takes when all are used */
+	struct sync_poisoned poisoned[SYNC_POISONED_MAX];
+	size_t npoisoned;
 
 	pthread_mutex_t lock; /* guards everything below */
 	pthread_cond_t fetch_wake; /* fetchers: a request or stop */
@@ -125,6 +155,13 @@ struct sync {
 	size_t nfolders; /* selectable folders at the last list */
 	struct fetch_req *queue; /* pending and running body requests */
 	long long fetch_progress_ms; /* last time any fetcher made progress */
+
+	/* the operation log (ops.c) */
+	bool ops_asked; /* ops wait: queue the executor */
+	long long ops_first_ms; /* when the first op now waiting was kicked */
+	long long ops_last_ms; /* when the latest was */
+	uint64_t ops_pending; /* for the status file */
+	char ops_list[512]; /* the first few, a line each */
 
 	struct fetcher fetchers[FETCHERS];
 	struct watcher watch;
@@ -199,6 +236,25 @@ int sync_folders(struct sync *s, bool poll);
  * Returns 0, -ECANCELED, -ENOTCONN (the connection broke) or -errno.
  */
 int refresh_folder(struct sync *s, struct store_folder *f, struct job *j);
+
+/*
+ * refresh.c: isolating a message whose metadata FETCH breaks the
+ * connection (struct sync_hunt). sync_poisoned_in - the lowest UID in
+ * [@a, @b] of folder @folder skipped for that, or 0 (logged once).
+ * sync_hunt_clip - narrow [@a, *@b] (UIDs about to be fetched, low
+ * first) to what may be tried now. sync_hunt_cleared - UIDs [@a, @b]
+ * of @folder came whole. sync_hunt_broke - a FETCH of UIDs within
+ * [@a, @b] of @f broke the connection. sync_hunt_of - the hunt going on
+ * in folder @folder, or NULL.
+ */
+struct sync_hunt *sync_hunt_of(struct sync *s, int64_t folder);
+void sync_hunt_first_look(struct sync *s, int64_t folder);
+uint32_t sync_poisoned_in(struct sync *s, const struct store_folder *f,
+			  uint32_t a, uint32_t b);
+void sync_hunt_clip(struct sync *s, int64_t folder, uint32_t a, uint32_t *b);
+void sync_hunt_cleared(struct sync *s, int64_t folder, uint32_t a, uint32_t b);
+void sync_hunt_broke(struct sync *s, const struct store_folder *f, uint32_t a,
+		     uint32_t b);
 
 /* refresh.c: the messages at sequence numbers [@first, @last] of @f
  * (a folder's newest batch, or grow's next one), written with the
@@ -277,6 +333,21 @@ int batch_save_bookmark(struct sync *s, struct store_folder *f);
  * -ECANCELED, -ENOTCONN (the connection broke) or -EREMOTE (the server
  * refused, for this folder) */
 int sync_grade_errno(int grade);
+
+/*
+ * ops.c: the operation log's executor. ops_kick - ops were recorded
+ * through @st: note them for the status file and have the sync thread
+ * run them (any thread). ops_run - the job that runs every op waiting,
+ * oldest first, on the sync thread's connection (@arg: the sync).
+ */
+void ops_kick(struct sync *s, struct store *st);
+/* ops_wait_ms - with s->lock held: -1 if no op waits, else how long
+ * before the executor should run them (0: now) */
+long long ops_wait_ms(struct sync *s);
+int ops_run(struct job *j, void *arg);
+
+/* writes.c: whether folder @name is @parent or below it (delimiter @d) */
+bool folder_is_under(const char *name, const char *parent, char d);
 
 /* watch.c: the watcher thread and its connection */
 int watch_start(struct sync *s);

@@ -116,8 +116,12 @@ int sync_folders(struct sync *s, bool poll)
 	/* missing from this LIST: gone only if the server says so too */
 	for (size_t i = 0; i < nold; i++) {
 		struct imap_box box;
+		bool ours = false;
 
 		if (listed(mbs, nmb, old[i].name) || is_inbox(old[i].name))
+			continue;
+		/* made or renamed here, and the server is yet to hear of it */
+		if (!store_op_folder_pending(s->st, old[i].name, &ours) && ours)
 			continue;
 		if (!conn_name_ok(old[i].name)) {
 			gone[i] = any_gone = true;

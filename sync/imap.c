@@ -13,6 +13,7 @@
 #define LOG_CAT "imap"
 #include "sync_i.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -111,6 +112,42 @@ void imap_init(void)
 		mailimap_extension_register(&objectid_api);
 		done = true;
 	}
+}
+
+/* ---- a crash in libetpan 1.9.4 a server can set off ---- */
+
+/*
+ * "[PERMANENTFLAGS (" followed by anything but flags and ")" (a NUL, a
+ * stray space: "* OK [PERMANENTFLAGS ( )] x") makes libetpan's parser
+ * free the flag list it never made: clist_foreach(NULL) and
+ * clist_free(NULL), a NULL dereference, in the reply to any command.
+ * libetpan calls both through its PLT, so the definitions here come
+ * first: a NULL list is an empty one, and the rest goes on to
+ * libetpan's own (the parse then fails or falls back, as for any other
+ * malformed reply).
+ */
+static void (*etpan_clist_foreach)(clist *, clist_func, void *);
+static void (*etpan_clist_free)(clist *);
+
+/* before main: no thread can race for the pointers */
+__attribute__((constructor)) static void etpan_fix_init(void)
+{
+	*(void **)&etpan_clist_foreach = dlsym(RTLD_NEXT, "clist_foreach");
+	*(void **)&etpan_clist_free = dlsym(RTLD_NEXT, "clist_free");
+	if (!etpan_clist_foreach || !etpan_clist_free)
+		abort(); /* not linked with libetpan: cannot happen */
+}
+
+void clist_foreach(clist *lst, clist_func func, void *data)
+{
+	if (lst)
+		etpan_clist_foreach(lst, func, data);
+}
+
+void clist_free(clist *lst)
+{
+	if (lst)
+		etpan_clist_free(lst);
 }
 
 /* ---- grading ---- */
@@ -212,11 +249,92 @@ static void read_list_flags(const struct mailimap_mbx_list_flags *fl,
 	}
 }
 
+/*
+ * libetpan hands a name over as a C string: one holding a NUL byte (in
+ * a quoted string or a literal) comes out cut short at it, and would
+ * name another folder, or none. The reply's lines are still in the
+ * session's buffer until the next command (literals are not: they are
+ * read apart), one "* LIST" line per name, in order: a line with a NUL
+ * in it, or whose name is a literal of another length than the name
+ * that came out, marks its name as one to leave out.
+ */
+struct list_lines {
+	long *lit; /* owned: per LIST line, the literal's length or -1;
+		      -2 for a line with a NUL byte */
+	size_t n;
+};
+
+static void list_lines_scan(struct conn *c, struct list_lines *ll)
+{
+	MMAPString *b = c->imap ? c->imap->imap_stream_buffer : NULL;
+	const char *p, *end;
+	size_t cap = 0;
+
+	ll->lit = NULL;
+	ll->n = 0;
+	if (!b || !b->str)
+		return;
+	end = b->str + b->len;
+	for (p = b->str; p < end;) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *e = nl ? nl : end, *q = e;
+		long v = -1;
+
+		if (e - p > 7 && !strncasecmp(p, "* LIST ", 7)) {
+			if (q > p && q[-1] == '\r')
+				q--;
+			if (memchr(p, '\0', (size_t)(e - p))) {
+				v = -2;
+			} else if (q > p && q[-1] == '}') {
+				const char *o = q - 1;
+
+				while (o > p && o[-1] >= '0' && o[-1] <= '9')
+					o--;
+				if (o > p && o[-1] == '{')
+					v = strtol(o, NULL, 10);
+			}
+			if (ll->n == cap) {
+				cap = cap ? 2 * cap : 64;
+				ll->lit = xrealloc(ll->lit, cap * sizeof(*ll->lit));
+			}
+			ll->lit[ll->n++] = v;
+		}
+		p = e + 1;
+	}
+}
+
+/*
+ * The @k-th listed name: one we may keep? The others are logged (each
+ * time the list is made: a server that keeps sending them is worth a
+ * line a poll).
+ */
+static bool list_name_ok(const char *name, const struct list_lines *ll,
+			 size_t k)
+{
+	long v = k < ll->n ? ll->lit[k] : -1;
+	char shown[64];
+	size_t i;
+
+	if (!name || !*name) {
+		log_warn("folder list: a folder with an empty name skipped");
+		return false;
+	}
+	if (v != -2 && (v < 0 || (size_t)v == strlen(name)))
+		return true;
+	for (i = 0; name[i] && i + 1 < sizeof(shown); i++)
+		shown[i] = (unsigned char)name[i] < 0x20 ? '?' : name[i];
+	shown[i] = '\0';
+	log_warn("folder list: a name with a NUL byte (after \"%s\") skipped",
+		 shown);
+	return false;
+}
+
 int imap_list(struct conn *c, struct imap_mailbox **out, size_t *n)
 {
 	clist *list = NULL;
 	struct imap_mailbox *v;
-	size_t k = 0;
+	struct list_lines ll;
+	size_t k = 0, nth = 0;
 	int rc;
 
 	*out = NULL;
@@ -228,12 +346,13 @@ int imap_list(struct conn *c, struct imap_mailbox **out, size_t *n)
 			mailimap_list_result_free(list);
 		return grade(c, rc, "list folders");
 	}
+	list_lines_scan(c, &ll);
 	v = xcalloc(clist_count(list) + 1, sizeof(*v));
 	for (clistiter *it = clist_begin(list); it; it = clist_next(it)) {
 		struct mailimap_mailbox_list *mb = clist_content(it);
 		bool dup = false;
 
-		if (!mb->mb_name || !*mb->mb_name)
+		if (!list_name_ok(mb->mb_name, &ll, nth++))
 			continue;
 		for (size_t i = 0; i < k && !dup; i++)
 			dup = !strcmp(v[i].name, mb->mb_name);
@@ -245,6 +364,7 @@ int imap_list(struct conn *c, struct imap_mailbox **out, size_t *n)
 		k++;
 	}
 	mailimap_list_result_free(list);
+	free(ll.lit);
 	*out = v;
 	*n = k;
 	return IMAP_OK;
@@ -375,54 +495,85 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* flags as the store keeps them: sorted, space-separated, no \Recent */
+static int cmp_flag(const void *a, const void *b)
+{
+	int c = strcasecmp(*(char *const *)a, *(char *const *)b);
+
+	return c ? c : strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * Flags as the store keeps them: sorted, space-separated, no \Recent,
+ * every one whole however many and however long (a flag is an atom of
+ * the reply, which bounds it), each once: keywords compare without case
+ * (RFC 3501 §2.3.2), so $Label1 and $label1 are one.
+ */
 static char *flags_string(struct mailimap_msg_att_dynamic *dyn)
 {
-	const char *names[64];
-	char ext[64][80]; /* \Extension flags: libetpan drops the '\' */
-	size_t n = 0, len = 1;
+	char **names = NULL;
+	size_t n = 0, cap = 0, len = 1;
 	char *out, *p;
 
 	if (!dyn || !dyn->att_list)
 		return xstrdup("");
-	for (clistiter *it = clist_begin(dyn->att_list); it && n < 64;
+	for (clistiter *it = clist_begin(dyn->att_list); it;
 	     it = clist_next(it)) {
 		struct mailimap_flag_fetch *ff = clist_content(it);
 		struct mailimap_flag *fl = ff->fl_flag;
-		const char *name = NULL;
+		char *name = NULL;
 
 		if (ff->fl_type != MAILIMAP_FLAG_FETCH_OTHER || !fl)
 			continue;
 		switch (fl->fl_type) {
-		case MAILIMAP_FLAG_ANSWERED: name = "\\Answered"; break;
-		case MAILIMAP_FLAG_FLAGGED: name = "\\Flagged"; break;
-		case MAILIMAP_FLAG_DELETED: name = "\\Deleted"; break;
-		case MAILIMAP_FLAG_SEEN: name = "\\Seen"; break;
-		case MAILIMAP_FLAG_DRAFT: name = "\\Draft"; break;
-		case MAILIMAP_FLAG_KEYWORD: name = fl->fl_data.fl_keyword; break;
+		case MAILIMAP_FLAG_ANSWERED: name = xstrdup("\\Answered"); break;
+		case MAILIMAP_FLAG_FLAGGED: name = xstrdup("\\Flagged"); break;
+		case MAILIMAP_FLAG_DELETED: name = xstrdup("\\Deleted"); break;
+		case MAILIMAP_FLAG_SEEN: name = xstrdup("\\Seen"); break;
+		case MAILIMAP_FLAG_DRAFT: name = xstrdup("\\Draft"); break;
+		case MAILIMAP_FLAG_KEYWORD:
+			if (fl->fl_data.fl_keyword)
+				name = xstrdup(fl->fl_data.fl_keyword);
+			break;
 		case MAILIMAP_FLAG_EXTENSION:
-			if (!fl->fl_data.fl_extension)
-				break;
-			snprintf(ext[n], sizeof(ext[n]), "\\%s",
-				 fl->fl_data.fl_extension);
-			name = ext[n];
+			/* libetpan drops the '\' */
+			if (fl->fl_data.fl_extension)
+				name = xasprintf("\\%s",
+						 fl->fl_data.fl_extension);
 			break;
 		}
 		/* a flag is an atom: nothing that could split the list */
-		if (!name || !*name || strpbrk(name, " \r\n"))
+		if (!name || !*name || strpbrk(name, " \r\n")) {
+			free(name);
 			continue;
+		}
+		if (n == cap) {
+			cap = cap ? 2 * cap : 16;
+			names = xrealloc(names, cap * sizeof(*names));
+		}
 		names[n++] = name;
 	}
-	qsort(names, n, sizeof(names[0]), cmp_str);
-	for (size_t i = 0; i < n; i++)
-		len += strlen(names[i]) + 2;
+	/* each once, whatever its case; then in the store's order */
+	size_t k = 0;
+
+	if (n)
+		qsort(names, n, sizeof(names[0]), cmp_flag);
+	for (size_t i = 0; i < n; i++) {
+		if (k && !strcasecmp(names[i], names[k - 1]))
+			free(names[i]);
+		else
+			names[k++] = names[i];
+	}
+	if (k)
+		qsort(names, k, sizeof(names[0]), cmp_str);
+	for (size_t i = 0; i < k; i++)
+		len += strlen(names[i]) + 1;
 	p = out = xmalloc(len);
 	*p = '\0';
-	for (size_t i = 0; i < n; i++) {
-		if (i && !strcmp(names[i], names[i - 1]))
-			continue;
+	for (size_t i = 0; i < k; i++) {
 		p += sprintf(p, "%s%s", p == out ? "" : " ", names[i]);
+		free(names[i]);
 	}
+	free(names);
 	return out;
 }
 
@@ -444,8 +595,11 @@ static void read_date(const struct mailimap_date_time *dt, int64_t *t,
 	*t = (int64_t)timegm(&tm) - (int64_t)*zone * 60;
 }
 
-static void parse_att(struct mailimap_msg_att *att, struct imap_msg *m)
+/* returns whether the reply had a UID item */
+static bool parse_att(struct mailimap_msg_att *att, struct imap_msg *m)
 {
+	bool has_uid = false;
+
 	m->seq = att->att_number;
 	for (clistiter *it = clist_begin(att->att_list); it;
 	     it = clist_next(it)) {
@@ -473,6 +627,7 @@ static void parse_att(struct mailimap_msg_att *att, struct imap_msg *m)
 		switch (st->att_type) {
 		case MAILIMAP_MSG_ATT_UID:
 			m->uid = st->att_data.att_uid;
+			has_uid = true;
 			break;
 		case MAILIMAP_MSG_ATT_RFC822_SIZE:
 			m->size = st->att_data.att_rfc822_size;
@@ -500,6 +655,7 @@ static void parse_att(struct mailimap_msg_att *att, struct imap_msg *m)
 			break;
 		}
 	}
+	return has_uid;
 }
 
 /* the most of one message's header fields kept; the rest of a longer
@@ -513,7 +669,14 @@ struct fetch_ctx {
 	size_t hdr_len;
 	bool hdr_seen; /* a header literal came for this message */
 	uint64_t hdr_dropped; /* bytes past the cap */
+	const char *folder; /* borrowed: the selected one, for messages */
+	bool said_uid0;
 };
+
+static const char *c_selected(const struct fetch_ctx *fc)
+{
+	return fc->folder ? fc->folder : "?";
+}
 
 /* the header-fields literal, streamed: kept up to the cap */
 static bool on_header_bytes(int type, struct mailimap_msg_att_body_section *sec,
@@ -544,7 +707,13 @@ static void on_message(struct mailimap_msg_att *att, void *ctx)
 
 	if (f->cb_rc)
 		goto out;
-	parse_att(att, &m);
+	if (parse_att(att, &m) && !m.uid && !fc->said_uid0) {
+		/* RFC 3501 §2.3.1.1: UIDs are non-zero */
+		log_warn("folder %s: the server sent UID 0 for message %u; "
+			 "ignored",
+			 c_selected(fc), m.seq);
+		fc->said_uid0 = true;
+	}
 	if (fc->hdr_seen) {
 		m.header = fc->hdr;
 		m.header_len = fc->hdr_len;
@@ -642,7 +811,7 @@ static int fetch_of_set(struct conn *c, struct imap_fetch *f,
 {
 	struct mailimap_fetch_type *ft = fetch_type(c, f->items);
 	struct mailimap_qresync_vanished *van = NULL;
-	struct fetch_ctx ctx = { .f = f };
+	struct fetch_ctx ctx = { .f = f, .folder = c->selected };
 	clist *result = NULL;
 	int rc;
 
@@ -802,14 +971,17 @@ int imap_mailboxid(struct conn *c, const char *name, char **id)
  * (*@k of *@cap used; duplicates dropped), then each STATUS line given
  * to its folder (has_status).
  */
-void imap_collect_list(struct mailimap_response *rsp, struct imap_mailbox **vp,
-		       size_t *kp, size_t *capp)
+void imap_collect_list(struct conn *c, struct mailimap_response *rsp,
+		       struct imap_mailbox **vp, size_t *kp, size_t *capp)
 {
 	struct imap_mailbox *v = *vp;
 	size_t k = *kp, cap = *capp;
+	struct list_lines ll;
+	size_t nth = 0;
 
 	if (!rsp->rsp_cont_req_or_resp_data_list)
 		return; /* nothing came before the tagged reply */
+	list_lines_scan(c, &ll);
 	for (int pass = 0; pass < 2; pass++) {
 		for (clistiter *it = clist_begin(rsp->rsp_cont_req_or_resp_data_list);
 		     it; it = clist_next(it)) {
@@ -826,8 +998,8 @@ void imap_collect_list(struct mailimap_response *rsp, struct imap_mailbox **vp,
 				      .rsp_mailbox_data;
 			if (pass == 0 && mbd->mbd_type == MAILIMAP_MAILBOX_DATA_LIST &&
 			    mbd->mbd_data.mbd_list &&
-			    mbd->mbd_data.mbd_list->mb_name &&
-			    *mbd->mbd_data.mbd_list->mb_name) {
+			    list_name_ok(mbd->mbd_data.mbd_list->mb_name, &ll,
+					 nth++)) {
 				struct mailimap_mailbox_list *mb =
 					mbd->mbd_data.mbd_list;
 				bool dup = false;
@@ -864,6 +1036,7 @@ void imap_collect_list(struct mailimap_response *rsp, struct imap_mailbox **vp,
 			}
 		}
 	}
+	free(ll.lit);
 	*vp = v;
 	*kp = k;
 	*capp = cap;
@@ -921,7 +1094,7 @@ int imap_list_status(struct conn *c, struct imap_mailbox **out, size_t *n)
 		mailimap_response_free(rsp);
 		return grade(c, MAILIMAP_ERROR_LIST, "list folders");
 	}
-	imap_collect_list(rsp, &v, &k, &cap);
+	imap_collect_list(c, rsp, &v, &k, &cap);
 	mailimap_response_free(rsp);
 	*out = v ? v : xcalloc(1, sizeof(*v));
 	*n = k;

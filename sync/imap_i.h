@@ -32,13 +32,24 @@ int imap_raw_send(struct conn *c, const char *verb, const char *mailbox,
  * logging @what with the server's text */
 int imap_grade(struct conn *c, int rc, const char *what);
 
+/*
+ * imap_reply_tree - one reply, tagged @tag, already begun in the
+ * session's buffer (after mailimap_read_line), parsed into a tree; the
+ * session's own state is left alone. A libetpan code; *@ok says whether
+ * the tagged reply was OK. A tag that is not @tag (BYE, or a reply to
+ * something we did not send) means the session is lost.
+ */
+int imap_reply_tree(struct conn *c, int tag, struct mailimap_response **out,
+		    bool *ok);
+
 /* imap_read_status - the items of a STATUS reply into @out */
 void imap_read_status(clist *info, struct imap_box *out);
 
 /* imap_collect_list - the LIST lines of reply @rsp appended to *@v (*@k
- * of *@cap used, grown as needed; duplicates dropped), then each STATUS
- * line of the reply given to its listed folder (has_status) */
-void imap_collect_list(struct mailimap_response *rsp, struct imap_mailbox **v,
-		       size_t *k, size_t *cap);
+ * of *@cap used, grown as needed; duplicates, empty names and names cut
+ * by a NUL byte dropped: @c's buffer must still hold the reply), then
+ * each STATUS line of the reply given to its listed folder (has_status) */
+void imap_collect_list(struct conn *c, struct mailimap_response *rsp,
+		       struct imap_mailbox **v, size_t *k, size_t *cap);
 
 #endif

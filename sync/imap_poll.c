@@ -22,13 +22,8 @@
  * socket's buffers before the server's replies are read */
 #define PIPELINE_MAX 256
 
-/*
- * One reply, tagged @tag, parsed into a tree (the session's own state
- * is left alone). Returns a libetpan code; *@ok says whether the tagged
- * reply was OK. A tag that is not @tag means the session is lost.
- */
-static int reply_tree(struct conn *c, int tag, struct mailimap_response **out,
-		      bool *ok)
+int imap_reply_tree(struct conn *c, int tag, struct mailimap_response **out,
+		    bool *ok)
 {
 	struct mailimap_parser_context *pc;
 	struct mailimap_response *rsp = NULL;
@@ -122,13 +117,13 @@ static int exchange(struct conn *c, bool list, char *const *names, size_t n,
 		if (!mailimap_read_line(c->imap))
 			r = MAILIMAP_ERROR_STREAM;
 		else
-			r = reply_tree(c, first + (int)i, &rsp, &ok);
+			r = imap_reply_tree(c, first + (int)i, &rsp, &ok);
 		if (r)
 			break;
 		if (list && i == 0)
 			*list_ok = ok;
 		if (ok)
-			imap_collect_list(rsp, v, k, cap);
+			imap_collect_list(c, rsp, v, k, cap);
 		mailimap_response_free(rsp);
 	}
 	if (sent)
@@ -181,7 +176,7 @@ int imap_notify_set(struct conn *c)
 			  "MessageExpunge))",
 			  NULL, NULL);
 	if (!r)
-		r = reply_tree(c, c->imap->imap_tag, &rsp, &ok);
+		r = imap_reply_tree(c, c->imap->imap_tag, &rsp, &ok);
 	if (r)
 		return imap_grade(c, r, "ask for NOTIFY");
 	mailimap_response_free(rsp);
@@ -344,7 +339,7 @@ int imap_idle_end(struct conn *c, struct imap_push *p)
 	if (mailstream_write(s, "DONE\r\n", 6) != 6 ||
 	    mailstream_flush(s) == -1 || !mailimap_read_line(c->imap))
 		return imap_grade(c, MAILIMAP_ERROR_STREAM, "end IDLE");
-	r = reply_tree(c, c->imap->imap_tag, &rsp, &ok);
+	r = imap_reply_tree(c, c->imap->imap_tag, &rsp, &ok);
 	if (r)
 		return imap_grade(c, r, "end IDLE");
 	/* NULL when nothing came before the tagged reply */

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 
 #include "common.h"
@@ -417,13 +418,14 @@ enum field {
 	F_FROM,
 	F_REFERENCES,
 	F_IN_REPLY_TO,
+	F_DATE,
 	F_COUNT
 };
 
 static const char *const field_names[F_COUNT] = {
 	[F_MESSAGE_ID] = "message-id",	 [F_SUBJECT] = "subject",
 	[F_FROM] = "from",		 [F_REFERENCES] = "references",
-	[F_IN_REPLY_TO] = "in-reply-to",
+	[F_IN_REPLY_TO] = "in-reply-to", [F_DATE] = "date",
 };
 
 /*
@@ -515,6 +517,36 @@ static char *message_id(const char *raw)
 	return NULL;
 }
 
+/* the Date: field (RFC 5322 §3.3, libetpan's parser) as Unix time and
+ * zone; left 0 when it cannot be read */
+static void parse_date(const char *v, struct mime_fields *out)
+{
+	struct mailimf_date_time *dt = NULL;
+	size_t idx = 0;
+	struct tm tm = { 0 };
+	int z, sign;
+
+	if (mailimf_date_time_parse(v, strlen(v), &idx, &dt) !=
+		    MAILIMF_NO_ERROR ||
+	    !dt)
+		return;
+	tm.tm_year = dt->dt_year - 1900;
+	tm.tm_mon = dt->dt_month - 1;
+	tm.tm_mday = dt->dt_day;
+	tm.tm_hour = dt->dt_hour;
+	tm.tm_min = dt->dt_min;
+	tm.tm_sec = dt->dt_sec;
+	sign = dt->dt_zone < 0 ? -1 : 1;
+	z = abs(dt->dt_zone);
+	z = sign * (z / 100 * 60 + z % 100);
+	if (dt->dt_year >= 1970 && dt->dt_year < 10000 && dt->dt_month >= 1 &&
+	    dt->dt_month <= 12 && dt->dt_day >= 1 && dt->dt_day <= 31) {
+		out->date = (int64_t)timegm(&tm) - (int64_t)z * 60;
+		out->date_zone = z;
+	}
+	mailimf_date_time_free(dt);
+}
+
 void mime_parse_fields(const char *hdr, size_t len, struct mime_fields *out)
 {
 	struct sbuf raw[F_COUNT] = { 0 };
@@ -575,6 +607,9 @@ void mime_parse_fields(const char *hdr, size_t len, struct mime_fields *out)
 			break;
 		case F_IN_REPLY_TO:
 			out->in_reply_to = raw_value(v);
+			break;
+		case F_DATE:
+			parse_date(v, out);
 			break;
 		}
 		free(raw[f].p);

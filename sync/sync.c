@@ -374,7 +374,7 @@ static bool folder_moved(struct sync *s, const struct store_folder *f,
 	int g;
 
 	*rc = 0;
-	if (!sync_settled(s, f) || !f->uidnext || !f->uidvalidity ||
+	if (!sync_settled(s, f) || !f->uidnext ||
 	    sync_folder_status(s, f->id, &fst) || fst.failed || !fst.has_total)
 		return true;
 	/* LIST-STATUS told it already, in the list's one round trip */
@@ -392,7 +392,8 @@ static bool folder_moved(struct sync *s, const struct store_folder *f,
 			return g != IMAP_CONN_BAD;
 		b = &asked;
 	}
-	moved = b->uidvalidity != f->uidvalidity ||
+	/* UIDVALIDITY 0 is no value (refresh.c) */
+	moved = (b->uidvalidity && b->uidvalidity != f->uidvalidity) ||
 		(b->uidnext && b->uidnext != f->uidnext) ||
 		b->exists != fst.total ||
 		((s->conn->caps & CAP_CONDSTORE) &&
@@ -424,6 +425,8 @@ static int run_list(struct job *j, void *arg)
 	s->fresh_list = false;
 	if (rc)
 		return rc;
+	/* for df; a broken connection shows at the next command */
+	(void)imap_quota_refresh(s->conn, !poll);
 	rc = store_folder_list(s->st, &f, &n);
 	if (rc)
 		return rc;
@@ -495,6 +498,7 @@ bool sync_work_waiting(struct sync *s, const struct store_folder *f)
 	bool r = false;
 
 	pthread_mutex_lock(&s->lock);
+	r = s->ops_asked;
 	for (size_t i = 0; i < s->nasked && !r; i++) {
 		const struct asked_folder *a = &s->asked[i];
 
@@ -589,6 +593,32 @@ static void queue_asked(struct sync *s)
 	free(v);
 }
 
+/*
+ * Writes waiting in the operation log run before anything else queued:
+ * a refresh must find the server as the user left it. The executor
+ * runs once at a time; a write recorded while it runs asks again.
+ */
+static long long queue_ops(struct sync *s)
+{
+	long long wait;
+	bool asked;
+
+	if (s->ops_job && job_is_done(s->jobs, s->ops_job)) {
+		job_unref(s->ops_job);
+		s->ops_job = NULL;
+	}
+	pthread_mutex_lock(&s->lock);
+	wait = ops_wait_ms(s);
+	asked = wait == 0 && !s->ops_job;
+	if (asked)
+		s->ops_asked = false;
+	pthread_mutex_unlock(&s->lock);
+	if (asked && jobq_submit_front(s->jobs, NULL, "ops", ops_run, NULL, s,
+				       &s->ops_job))
+		s->ops_job = NULL;
+	return asked ? -1 : wait;
+}
+
 static void start_round(struct sync *s, bool full)
 {
 	int rc;
@@ -666,8 +696,17 @@ static void lost(struct sync *s, const char *why)
 		job_unref(s->round);
 		s->round = NULL;
 	}
+	if (s->ops_job) {
+		jobq_cancel(s->jobs, s->ops_job);
+		job_unref(s->ops_job);
+		s->ops_job = NULL;
+	}
 	conn_close(s->conn);
 	s->conn = NULL;
+	/* what did not run waits for the next connection */
+	pthread_mutex_lock(&s->lock);
+	s->ops_asked = true;
+	pthread_mutex_unlock(&s->lock);
 	if (s->progress)
 		s->fails = 0;
 	else
@@ -751,6 +790,7 @@ static void *sync_main(void *arg)
 	thread_leftovers(s);
 	while (!sync_is_stopping(s)) {
 		bool asked, poll;
+		long long ops_wait;
 		int r;
 
 		if (!s->conn && !reconnect(s))
@@ -759,11 +799,15 @@ static void *sync_main(void *arg)
 		asked = s->refresh_asked;
 		poll = s->poll_asked;
 		pthread_mutex_unlock(&s->lock);
+		ops_wait = queue_ops(s);
 		if (!s->round &&
 		    (asked || poll || now_ms() >= s->next_round_ms))
 			start_round(s, asked || !s->full_done);
 		queue_asked(s);
-		r = jobq_run_next(s->jobs, s->round ? 0 : 1000);
+		r = jobq_run_next(s->jobs, s->round ? 0
+					   : ops_wait >= 0 && ops_wait < 1000
+					   ? ops_wait
+					   : 1000);
 		if (r == -ESHUTDOWN)
 			break;
 		if (s->conn && conn_is_broken(s->conn)) {
@@ -783,6 +827,11 @@ static void *sync_main(void *arg)
 		jobq_cancel(s->jobs, s->round);
 		job_unref(s->round);
 		s->round = NULL;
+	}
+	if (s->ops_job) {
+		jobq_cancel(s->jobs, s->ops_job);
+		job_unref(s->ops_job);
+		s->ops_job = NULL;
 	}
 	return NULL;
 }
@@ -806,6 +855,19 @@ int sync_start(struct sync *s)
 				 "file dropped",
 				 sw.temporary, sw.adopted, sw.dropped, sw.rows);
 	}
+	{
+		size_t kept = 0;
+
+		if (!store_stage_sweep(s->st, &kept) && kept)
+			log_warn("%zu message%s written into the mount when it "
+				 "stopped were not recorded: kept in "
+				 ".convoyfs/recovered/",
+				 kept, kept == 1 ? "" : "s");
+	}
+	/* ops a previous run left go first, before any refresh: one
+	 * sent before a crash must find the rows as it left them */
+	ops_kick(s, s->st);
+	s->ops_first_ms = s->ops_last_ms = 0;
 	rc = fetch_start(s);
 	if (rc)
 		return rc;
@@ -900,6 +962,8 @@ void sync_status(struct sync *s, char **text)
 	enum push_mode pm;
 	size_t nfolders;
 	int64_t err_when;
+	uint64_t ops;
+	char ops_list[512];
 
 	pthread_mutex_lock(&s->lock);
 	cs = s->conn_state;
@@ -913,6 +977,8 @@ void sync_status(struct sync *s, char **text)
 		failing |= s->notes[i].failed;
 	pm = s->watch.mode;
 	nfolders = s->nfolders;
+	ops = s->ops_pending;
+	snprintf(ops_list, sizeof(ops_list), "%s", s->ops_list);
 	/* work asked for with ctl, waiting or running, is syncing too */
 	syncing |= s->nasked > 0 || jobq_pending(s->jobs) > 0;
 	pthread_mutex_unlock(&s->lock);
@@ -942,6 +1008,8 @@ void sync_status(struct sync *s, char **text)
 			  "logins: %llu\n"
 			  "headers fetched: %llu\n"
 			  "bodies fetched: %llu\n"
+			  "operations pending: %llu\n"
+			  "%s"
 			  "last error: %s%s\n",
 			  s->cfg.user, s->cfg.host, s->cfg.port,
 			  state_name(cs), state_name(fs[0]), state_name(fs[1]),
@@ -952,5 +1020,6 @@ void sync_status(struct sync *s, char **text)
 			  (unsigned long long)atomic_load(&s->logins),
 			  (unsigned long long)atomic_load(&s->headers_fetched),
 			  (unsigned long long)atomic_load(&s->bodies_fetched),
+			  (unsigned long long)ops, ops_list,
 			  err[0] ? err : "none", when);
 }

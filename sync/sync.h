@@ -120,8 +120,60 @@ void sync_request_folder(struct sync *s, int64_t folder, bool grow);
  */
 void sync_status(struct sync *s, char **text);
 
+/*
+ * Writes (DESIGN §6). Each applies the change to the store through @st
+ * (the caller's connection) and records it in the operation log in one
+ * transaction, so the tree shows it when the call returns and a crash
+ * loses nothing; the sync thread then runs it on the server, in order.
+ * Returns 0 or -errno: -ENOENT (no such message or folder), -EINVAL (a
+ * name or flag the server could not take), -EEXIST, -ENOTEMPTY, -EPERM
+ * (no meaning here: logged), or the store's error. Thread: any.
+ *
+ * sync_move - show message @umid in folder @folder: UID MOVE (or COPY,
+ * STORE \Deleted and UID EXPUNGE) there.
+ */
+struct store;
+int sync_move(struct sync *s, struct store *st, int64_t umid, int64_t folder);
+/* sync_remove - move @umid to the Trash folder (SPECIAL-USE \Trash, else
+ * one named Trash; -EPERM if none); inside Trash, expunge it. */
+int sync_remove(struct sync *s, struct store *st, int64_t umid);
+/* sync_set_flags - @umid's flags become the space-separated @flags;
+ * the server gets the difference as +FLAGS and -FLAGS. */
+int sync_set_flags(struct sync *s, struct store *st, int64_t umid,
+		   const char *flags);
+/* sync_mkdir - a folder @name (UTF-8, one path component) under folder
+ * @parent (0: the top); its id in *@folder. */
+int sync_mkdir(struct sync *s, struct store *st, int64_t parent,
+	       const char *name, int64_t *folder);
+/* sync_rmdir - delete folder @folder, which must show no message and
+ * have no folder under it. */
+int sync_rmdir(struct sync *s, struct store *st, int64_t folder);
+/* sync_rename_folder - folder @folder (and those under it) becomes
+ * @name under @parent (0: the top). */
+int sync_rename_folder(struct sync *s, struct store *st, int64_t folder,
+		       int64_t parent, const char *name);
+
+/*
+ * sync_append - the file @fd (read from offset 0) is a new message for
+ * folder @folder, dated @date (INTERNALDATE, Unix time; 0: its Date:
+ * header's, else now): checked (a
+ * header block, then an empty line, no NUL: else -EINVAL and nothing
+ * is kept), copied with CRLF line ends to the staging directory, shown
+ * at once as message *@umid (its body cached) and APPENDed later.
+ */
+int sync_append(struct sync *s, struct store *st, int64_t folder, int fd,
+		int64_t date, int64_t *umid);
+
 /* sync_fetch_count - how many bodies were fetched from the server since
  * start (for .convoyfs/status and tests). */
 uint64_t sync_fetch_count(struct sync *s);
+
+/*
+ * sync_quota - the account's storage quota as the server said at the
+ * last round (RFC 9208 STORAGE of INBOX's quota root), in bytes, for
+ * statfs. Returns 0, or -ENOENT when the server offers no QUOTA or sets
+ * no limit. Never waits. Thread: any. (sync/imap_quota.c)
+ */
+int sync_quota(struct sync *s, uint64_t *used, uint64_t *limit);
 
 #endif

@@ -58,6 +58,7 @@ enum conn_cap {
 	CAP_ENABLE = 1 << 7,
 	CAP_OBJECTID = 1 << 8,
 	CAP_NOTIFY = 1 << 9,
+	CAP_LITERALPLUS = 1 << 10, /* RFC 7888 {n+}: APPENDs pipelined */
 };
 
 struct conn {
@@ -340,6 +341,8 @@ struct mime_fields {
 	char *from; /* owned, NULL if absent: unfolded, decoded UTF-8 */
 	char *references; /* owned, NULL if absent: unfolded raw value */
 	char *in_reply_to; /* owned, NULL if absent: unfolded raw value */
+	int64_t date; /* Date: as Unix time, 0 if absent or unreadable */
+	int date_zone; /* its zone, minutes east of UTC */
 };
 
 /*
@@ -407,5 +410,11 @@ int thread_put(struct store *st, struct store_msg *m);
  * until *@done is 0. Opens its own transaction unless one is open.
  */
 int thread_backlog(struct store *st, size_t max, size_t *done);
+
+/* imap_quota_refresh - ask for the quota of INBOX's root and keep it
+ * for sync_quota(); on the sync thread, at each @full round and at most
+ * every 15 minutes in polls. An imap_grade; a refusal is IMAP_OK (and
+ * QUOTA is not asked again). imap_quota.c */
+int imap_quota_refresh(struct conn *c, bool full);
 
 #endif

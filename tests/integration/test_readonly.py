@@ -1,5 +1,6 @@
-"""For now the mount is read-only: every write answers EROFS, through system
-calls and through the everyday tools, and the server is left as it was."""
+"""A mount made with -o ro is read-only: every write answers EROFS, through
+system calls and through the everyday tools, and the server is left as it
+was. (Writes of a normal mount: test_writes.py.)"""
 
 import errno
 import os
@@ -11,8 +12,8 @@ import harness
 
 
 @pytest.fixture
-def sample(shared_mount, server_state):
-    root = shared_mount.path
+def sample(dovecot, mount, server_state):
+    root = mount(dovecot, name="ro", options={"ro": None}).path
     inbox = os.path.join(root, server_state.dir_of("INBOX"))
     msg = os.path.join(inbox, sorted(os.listdir(inbox))[0])
     other = os.path.join(root, server_state.dir_of("Archive"))

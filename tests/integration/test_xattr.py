@@ -92,3 +92,26 @@ def test_xattrs_of_directories_and_missing_names(shared_mount):
     assert n == -1 and ctypes.get_errno() == 34  # ERANGE
     n = libc.getxattr(f.encode(), b"user.convoyfs.folder", None, ctypes.c_size_t(0))
     assert n == len(b"INBOX")
+
+
+def test_flag_sets_are_kept_whole(dovecot_factory, mount):
+    """70 keywords, one of 150 bytes, and two spellings of one keyword:
+    every flag whole, each keyword once (they compare without case)."""
+    d = dovecot_factory(extra_conf="mail_max_keyword_length = 200")
+    [(msg, when)] = harness.genmail.gen_messages(1, 31)
+    d.append("INBOX", msg, date=when)
+    many = ["$kw%02d" % i for i in range(70)] + ["$" + "L" * 149, "\\Flagged"]
+    with d.session() as c:
+        c.select("INBOX")
+        for i in range(0, len(many), 20):
+            typ, data = c.uid("STORE", "1", "+FLAGS.SILENT", "(%s)" % " ".join(many[i:i + 20]))
+            assert typ == "OK", data
+        typ, data = c.uid("STORE", "1", "+FLAGS.SILENT", "($KW05)")
+        assert typ == "OK", data
+    server = d.flags_of("INBOX")[1]
+    m = mount(d)
+    (name,) = os.listdir(os.path.join(m.path, "INBOX"))
+    shown = getx(os.path.join(m.path, "INBOX", name), "user.convoyfs.flags").split()
+    assert len(shown) == len(set(f.lower() for f in server)) == 72
+    assert {f.lower() for f in shown} == {f.lower() for f in server}
+    assert "$" + "L" * 149 in shown
