@@ -8,8 +8,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* NAME_MAX of the kernel: no name we make is longer */
-#define NAMES_MAX 255
+/* no name we make is longer: within the kernel's NAME_MAX (255), and
+ * within the 245 bytes notmuch (a Xapian term) takes for a name, so
+ * that `notmuch new` can index the mount */
+#define NAMES_MAX 245
 
 /*
  * names_message - write into @buf (at least NAMES_MAX + 1 bytes) the file

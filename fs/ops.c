@@ -644,6 +644,21 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 		sv.f_blocks = (fsblkcnt_t)(limit / sv.f_frsize);
 		sv.f_bfree = (fsblkcnt_t)((limit - used) / sv.f_frsize);
 		sv.f_bavail = sv.f_bfree;
+	} else {
+		/* else the body cache: its budget and what it holds */
+		struct store *st;
+
+		limit = fs->a->cfg.cache_budget;
+		used = 0;
+		if (!borrow(fs, &st)) {
+			store_body_total(st, &used);
+			give_back(fs, st);
+		}
+		if (used > limit)
+			used = limit;
+		sv.f_blocks = (fsblkcnt_t)(limit / sv.f_frsize);
+		sv.f_bfree = (fsblkcnt_t)((limit - used) / sv.f_frsize);
+		sv.f_bavail = sv.f_bfree;
 	}
 	fuse_reply_statfs(req, &sv);
 }

@@ -366,7 +366,7 @@ void store_body_abort(struct store_body_writer *w)
 
 /* ---- eviction ---- */
 
-static int body_total(struct store *s, uint64_t *total)
+int store_body_total(struct store *s, uint64_t *total)
 {
 	int64_t v = 0;
 	int rc = store_query_int(s, ST_BODY_TOTAL, &v);
@@ -424,7 +424,7 @@ int store_body_trim(struct store *s, uint64_t budget)
 	rc = store_tx_own(s, &own);
 	if (rc)
 		return rc;
-	rc = body_total(s, &total);
+	rc = store_body_total(s, &total);
 	if (rc || total <= budget)
 		goto out;
 	rc = body_victims(s, total, budget, &victims, &n);

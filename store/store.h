@@ -479,6 +479,9 @@ int store_body_append(struct store_body_writer *w, const void *buf,
 int store_body_commit(struct store_body_writer *w);
 void store_body_abort(struct store_body_writer *w);
 
+/* store_body_total - bytes of cached bodies */
+int store_body_total(struct store *s, uint64_t *total);
+
 /*
  * store_body_trim - evict least recently read bodies until the cache holds
  * at most @budget bytes.

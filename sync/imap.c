@@ -581,18 +581,9 @@ static char *flags_string(struct mailimap_msg_att_dynamic *dyn)
 static void read_date(const struct mailimap_date_time *dt, int64_t *t,
 		      int *zone)
 {
-	struct tm tm = { 0 };
-	int z = dt->dt_zone, sign = z < 0 ? -1 : 1;
-
-	z = abs(z);
-	*zone = sign * (z / 100 * 60 + z % 100);
-	tm.tm_year = dt->dt_year - 1900;
-	tm.tm_mon = dt->dt_month - 1;
-	tm.tm_mday = dt->dt_day;
-	tm.tm_hour = dt->dt_hour;
-	tm.tm_min = dt->dt_min;
-	tm.tm_sec = dt->dt_sec;
-	*t = (int64_t)timegm(&tm) - (int64_t)*zone * 60;
+	*t = mime_unix_time(dt->dt_year, dt->dt_month, dt->dt_day,
+			    dt->dt_hour, dt->dt_min, dt->dt_sec, dt->dt_zone,
+			    zone);
 }
 
 /* returns whether the reply had a UID item */
@@ -918,6 +909,12 @@ int imap_raw_send(struct conn *c, const char *verb, const char *mailbox,
 		  const char *rest)
 {
 	return raw_send(c, verb, mailbox, rest);
+}
+
+int imap_raw(struct conn *c, const char *verb, const char *mailbox,
+	     const char *rest)
+{
+	return raw(c, verb, mailbox, rest);
 }
 
 int imap_grade(struct conn *c, int rc, const char *what)

@@ -28,6 +28,16 @@ int mailimap_response_parse(mailstream *fd, MMAPString *buf,
 int imap_raw_send(struct conn *c, const char *verb, const char *mailbox,
 		  const char *rest);
 
+/*
+ * imap_raw - as imap_raw_send, then the whole reply parsed into the
+ * session as for a built-in command (untagged data into
+ * imap_response_info, the text into imap_response). Only for commands
+ * whose every reply line libetpan (with our parsers) can read. A
+ * libetpan code: 0, or MAILIMAP_ERROR_EXTENSION for NO.
+ */
+int imap_raw(struct conn *c, const char *verb, const char *mailbox,
+	     const char *rest);
+
 /* imap_grade - a libetpan code of a command on @c as an imap_grade,
  * logging @what with the server's text */
 int imap_grade(struct conn *c, int rc, const char *what);

@@ -241,31 +241,6 @@ static void apply_counts(struct conn *c, const struct mailimap_response *rsp)
 	}
 }
 
-/*
- * "<tag> @verb @mailbox @rest" sent and its whole reply parsed into the
- * session (untagged data into imap_response_info, the text into
- * imap_response), as a built-in command does. A libetpan code:
- * MAILIMAP_ERROR_EXTENSION for NO.
- */
-static int raw(struct conn *c, const char *verb, const char *mailbox,
-	       const char *rest)
-{
-	struct mailimap_response *rsp;
-	int r, state;
-
-	r = imap_raw_send(c, verb, mailbox, rest);
-	if (r)
-		return r;
-	r = mailimap_parse_response(c->imap, &rsp);
-	if (r)
-		return r;
-	state = rsp->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state
-			->rsp_type;
-	mailimap_response_free(rsp);
-	return state == MAILIMAP_RESP_COND_STATE_OK ? MAILIMAP_NO_ERROR
-						   : MAILIMAP_ERROR_EXTENSION;
-}
-
 /* ---- flags ---- */
 
 static const char *const system_flags[] = { "\\Seen", "\\Answered",
@@ -624,7 +599,7 @@ int imap_uid_store(struct conn *c, const struct imap_uid_range *v, size_t n,
 				 add ? '+' : '-', fl);
 		free(set);
 		free(fl);
-		rc = raw(c, "UID STORE", NULL, rest);
+		rc = imap_raw(c, "UID STORE", NULL, rest);
 		free(rest);
 	}
 	if (rc) {
@@ -699,7 +674,7 @@ static bool affects(const char *sel, const char *name, bool under)
 /* UNSELECT (where offered): nothing selected, nothing expunged */
 static int unselect(struct conn *c)
 {
-	int rc = raw(c, "UNSELECT", NULL, NULL);
+	int rc = imap_raw(c, "UNSELECT", NULL, NULL);
 
 	if (rc)
 		return imap_grade(c, rc, "unselect folder");

@@ -517,33 +517,39 @@ static char *message_id(const char *raw)
 	return NULL;
 }
 
+int64_t mime_unix_time(int year, int month, int day, int hour, int min,
+		       int sec, int zone_hhmm, int *zone)
+{
+	struct tm tm = { 0 };
+	int z = abs(zone_hhmm), sign = zone_hhmm < 0 ? -1 : 1;
+
+	*zone = sign * (z / 100 * 60 + z % 100);
+	tm.tm_year = year - 1900;
+	tm.tm_mon = month - 1;
+	tm.tm_mday = day;
+	tm.tm_hour = hour;
+	tm.tm_min = min;
+	tm.tm_sec = sec;
+	return (int64_t)timegm(&tm) - (int64_t)*zone * 60;
+}
+
 /* the Date: field (RFC 5322 §3.3, libetpan's parser) as Unix time and
  * zone; left 0 when it cannot be read */
 static void parse_date(const char *v, struct mime_fields *out)
 {
 	struct mailimf_date_time *dt = NULL;
 	size_t idx = 0;
-	struct tm tm = { 0 };
-	int z, sign;
 
 	if (mailimf_date_time_parse(v, strlen(v), &idx, &dt) !=
 		    MAILIMF_NO_ERROR ||
 	    !dt)
 		return;
-	tm.tm_year = dt->dt_year - 1900;
-	tm.tm_mon = dt->dt_month - 1;
-	tm.tm_mday = dt->dt_day;
-	tm.tm_hour = dt->dt_hour;
-	tm.tm_min = dt->dt_min;
-	tm.tm_sec = dt->dt_sec;
-	sign = dt->dt_zone < 0 ? -1 : 1;
-	z = abs(dt->dt_zone);
-	z = sign * (z / 100 * 60 + z % 100);
 	if (dt->dt_year >= 1970 && dt->dt_year < 10000 && dt->dt_month >= 1 &&
-	    dt->dt_month <= 12 && dt->dt_day >= 1 && dt->dt_day <= 31) {
-		out->date = (int64_t)timegm(&tm) - (int64_t)z * 60;
-		out->date_zone = z;
-	}
+	    dt->dt_month <= 12 && dt->dt_day >= 1 && dt->dt_day <= 31)
+		out->date = mime_unix_time(dt->dt_year, dt->dt_month,
+					   dt->dt_day, dt->dt_hour, dt->dt_min,
+					   dt->dt_sec, dt->dt_zone,
+					   &out->date_zone);
 	mailimf_date_time_free(dt);
 }
 

@@ -353,6 +353,12 @@ struct mime_fields {
  * malformed input: what cannot be parsed is left NULL.
  */
 void mime_parse_fields(const char *hdr, size_t len, struct mime_fields *out);
+
+/* mime_unix_time - a date as libetpan's parsers give it (IMAP's
+ * INTERNALDATE, RFC 5322's Date:; the zone as +-hhmm) as Unix time,
+ * its zone in minutes east of UTC into *@zone */
+int64_t mime_unix_time(int year, int month, int day, int hour, int min,
+		       int sec, int zone_hhmm, int *zone);
 void mime_fields_release(struct mime_fields *f);
 
 /*

@@ -49,6 +49,17 @@ def server(request):
         s.cleanup()
 
 
+@pytest.fixture
+def dv():
+    """A started full Dovecot of the test's own, stopped after it."""
+    s = servers.DovecotServer()
+    try:
+        s.start()
+        yield s
+    finally:
+        s.cleanup()
+
+
 def gen(n, seed):
     return [(m, w, ()) for m, w in harness.genmail.gen_messages(n, seed)]
 
@@ -227,32 +238,28 @@ def test_setfattr_stores_the_difference(server, mount):
     assert ei.value.errno == errno.EPERM
 
 
-def test_flags_set_meanwhile_by_another_client_survive(mount):
+def test_flags_set_meanwhile_by_another_client_survive(dv, mount):
     """Our change is recorded offline; before it reaches the server another
     client sets a flag it does not name: both are there afterwards."""
-    s = servers.DovecotServer()
-    try:
-        s.start()
-        s.append_many("INBOX", gen(1, 20))
-        m = mount(s)
-        path = os.path.join(m.path, "INBOX", files(m, "INBOX")[0])
-        uid = int(os.getxattr(path, "user.convoyfs.uid"))
-        take_offline(s)
-        os.setxattr(path, "user.convoyfs.flags", b"\\Flagged")
-        s.start()
-        mark = s.rawlog_mark()
-        s.store_flags("INBOX", uid, "+FLAGS", "\\Answered")
-        wait_applied(m, 120)
-        assert s.uid_flags("INBOX")[uid] == {"\\Flagged", "\\Answered"}
-        # CONDSTORE: the store was conditional, and found the change
-        stores = [l for l in s.rawlog_text(mark).splitlines() if " UID STORE " in l.upper()]
-        assert any("UNCHANGEDSINCE" in l.upper() for l in stores), stores
-        assert not any("-FLAGS" in l.upper() for l in stores), stores
-        settle(m)
-        assert sorted(os.getxattr(path, "user.convoyfs.flags").decode().split()) == [
-            "\\Answered", "\\Flagged"]
-    finally:
-        s.cleanup()
+    s = dv
+    s.append_many("INBOX", gen(1, 20))
+    m = mount(s)
+    path = os.path.join(m.path, "INBOX", files(m, "INBOX")[0])
+    uid = int(os.getxattr(path, "user.convoyfs.uid"))
+    take_offline(s)
+    os.setxattr(path, "user.convoyfs.flags", b"\\Flagged")
+    s.start()
+    mark = s.rawlog_mark()
+    s.store_flags("INBOX", uid, "+FLAGS", "\\Answered")
+    wait_applied(m, 120)
+    assert s.uid_flags("INBOX")[uid] == {"\\Flagged", "\\Answered"}
+    # CONDSTORE: the store was conditional, and found the change
+    stores = [l for l in s.rawlog_text(mark).splitlines() if " UID STORE " in l.upper()]
+    assert any("UNCHANGEDSINCE" in l.upper() for l in stores), stores
+    assert not any("-FLAGS" in l.upper() for l in stores), stores
+    settle(m)
+    assert sorted(os.getxattr(path, "user.convoyfs.flags").decode().split()) == [
+        "\\Answered", "\\Flagged"]
 
 
 def test_folders_are_made_renamed_and_deleted(server, mount):
@@ -312,80 +319,68 @@ def test_meaningless_writes_get_clear_errors(server, mount):
     assert os.stat(msg).st_mode & 0o777 == 0o400
 
 
-def test_mv_of_many_files_is_a_handful_of_commands(mount):
-    s = servers.DovecotServer()
-    try:
-        s.start()
-        n = 1000
-        s.append_many("INBOX", gen(n, 17))
-        s.create("Archive")
-        m = mount(s)
-        mark = s.rawlog_mark()
-        inbox = os.path.join(m.path, "INBOX")
-        r = subprocess.run("mv %s/*.eml %s/" % (inbox, os.path.join(m.path, "Archive")),
-                           shell=True, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        wait_applied(m, 120)
-        assert len(server_mids(s, "Archive")) == n
-        assert server_mids(s, "INBOX", deleted=True) == []
-        moves = [l for l in s.rawlog_text(mark).splitlines() if " UID MOVE " in l.upper()]
-        assert 1 <= len(moves) <= 10, moves
-        assert len(set(server_mids(s, "Archive"))) == n
-        check_tree(m, s)
-    finally:
-        s.cleanup()
+def test_mv_of_many_files_is_a_handful_of_commands(dv, mount):
+    s = dv
+    n = 1000
+    s.append_many("INBOX", gen(n, 17))
+    s.create("Archive")
+    m = mount(s)
+    mark = s.rawlog_mark()
+    inbox = os.path.join(m.path, "INBOX")
+    r = subprocess.run("mv %s/*.eml %s/" % (inbox, os.path.join(m.path, "Archive")),
+                       shell=True, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    wait_applied(m, 120)
+    assert len(server_mids(s, "Archive")) == n
+    assert server_mids(s, "INBOX", deleted=True) == []
+    moves = [l for l in s.rawlog_text(mark).splitlines() if " UID MOVE " in l.upper()]
+    assert 1 <= len(moves) <= 10, moves
+    assert len(set(server_mids(s, "Archive"))) == n
+    check_tree(m, s)
 
 
-def test_writes_offline_wait_and_run_in_order(mount):
-    s = servers.DovecotServer()
-    try:
-        s.start()
-        s.append_many("INBOX", gen(4, 18))
-        s.create("Archive")
-        m = mount(s)
-        inbox = os.path.join(m.path, "INBOX")
-        names = files(m, "INBOX")
-        mids = [mid_of_file(os.path.join(inbox, n)) for n in names]
-        take_offline(s)
-        os.rename(os.path.join(inbox, names[0]), os.path.join(m.path, "Archive", names[0]))
-        os.unlink(os.path.join(inbox, names[1]))
-        os.setxattr(os.path.join(inbox, names[2]), "user.convoyfs.flags", b"\\Flagged")
-        os.mkdir(os.path.join(m.path, "Later"))
-        # moved into the new folder after making it: order matters
-        os.rename(os.path.join(inbox, names[3]), os.path.join(m.path, "Later", names[3]))
-        assert m.status_field("operations pending") == "5"
-        assert files(m, "Later") == [names[3]]
-        s.start()
-        wait_applied(m, 120)
-        assert server_mids(s, "Archive") == [mids[0]]
-        assert server_mids(s, "Trash") == [mids[1]]
-        assert server_mids(s, "Later") == [mids[3]]
-        assert [f["flags"] for f in s.fetch_folder("INBOX", body=False).values()
-                if "\\Deleted" not in f["flags"]] == [{"\\Flagged"}]
-        check_tree(m, s)
-    finally:
-        s.cleanup()
+def test_writes_offline_wait_and_run_in_order(dv, mount):
+    s = dv
+    s.append_many("INBOX", gen(4, 18))
+    s.create("Archive")
+    m = mount(s)
+    inbox = os.path.join(m.path, "INBOX")
+    names = files(m, "INBOX")
+    mids = [mid_of_file(os.path.join(inbox, n)) for n in names]
+    take_offline(s)
+    os.rename(os.path.join(inbox, names[0]), os.path.join(m.path, "Archive", names[0]))
+    os.unlink(os.path.join(inbox, names[1]))
+    os.setxattr(os.path.join(inbox, names[2]), "user.convoyfs.flags", b"\\Flagged")
+    os.mkdir(os.path.join(m.path, "Later"))
+    # moved into the new folder after making it: order matters
+    os.rename(os.path.join(inbox, names[3]), os.path.join(m.path, "Later", names[3]))
+    assert m.status_field("operations pending") == "5"
+    assert files(m, "Later") == [names[3]]
+    s.start()
+    wait_applied(m, 120)
+    assert server_mids(s, "Archive") == [mids[0]]
+    assert server_mids(s, "Trash") == [mids[1]]
+    assert server_mids(s, "Later") == [mids[3]]
+    assert [f["flags"] for f in s.fetch_folder("INBOX", body=False).values()
+            if "\\Deleted" not in f["flags"]] == [{"\\Flagged"}]
+    check_tree(m, s)
 
 
-def test_a_move_the_server_refuses_comes_back(mount):
-    s = servers.DovecotServer()
-    try:
-        s.start()
-        s.append_many("INBOX", gen(2, 19))
-        s.create("Gone")
-        m = mount(s)
-        inbox = os.path.join(m.path, "INBOX")
-        name = files(m, "INBOX")[0]
-        s.delete("Gone")
-        os.rename(os.path.join(inbox, name), os.path.join(m.path, "Gone", name))
-        harness.wait_until(lambda: name in files(m, "INBOX"), 30,
-                           what="the refused move to come back")
-        wait_applied(m)
-        assert "refused" in m.status_field("last error")
-        assert len(server_mids(s, "INBOX")) == 2
-        check_tree(m, s)
-    finally:
-        s.cleanup()
+def test_a_move_the_server_refuses_comes_back(dv, mount):
+    s = dv
+    s.append_many("INBOX", gen(2, 19))
+    s.create("Gone")
+    m = mount(s)
+    inbox = os.path.join(m.path, "INBOX")
+    name = files(m, "INBOX")[0]
+    s.delete("Gone")
+    os.rename(os.path.join(inbox, name), os.path.join(m.path, "Gone", name))
+    harness.wait_until(lambda: name in files(m, "INBOX"), 30,
+                       what="the refused move to come back")
+    wait_applied(m)
+    assert "refused" in m.status_field("last error")
+    assert len(server_mids(s, "INBOX")) == 2
+    check_tree(m, s)
 
 
 # -- kill -9 at every step ---------------------------------------------------------
@@ -450,7 +445,7 @@ KILLS = [("mv", "dovecot"), ("mv", "no-move"), ("mv", "reduced"), ("rm", "no-mov
 def test_kill_at_every_step_loses_and_duplicates_nothing(profile, action, tmp_path):
     caps = PROFILES[profile]
     s = servers.DovecotServer(imap_capability=caps) if caps else servers.DovecotServer()
-    n = 40
+    n = 20
     try:
         s.start()
         step = 0
@@ -546,121 +541,105 @@ def test_cp_appends_checked_messages_with_their_date(server, mount, tmp_path):
         assert f.read() == got[0]["body"]
 
 
-def test_cp_of_what_is_not_a_message_fails_at_close(mount, tmp_path):
-    s = servers.DovecotServer()
-    try:
-        s.start()
-        m = mount(s)
-        inbox = os.path.join(m.path, "INBOX")
-        bad = tmp_path / "notes.txt"
-        bad.write_text("just some text\nwithout a header\n")
-        for path in (str(bad), "/dev/null"):
-            r = subprocess.run(["cp", path, inbox + "/x.eml"], capture_output=True, text=True)
-            assert r.returncode != 0
-            assert "Invalid argument" in r.stderr, r.stderr
-        assert files(m, "INBOX") == []
-        for where in (m.path, os.path.join(m.path, "Conversations")):
-            with pytest.raises(OSError) as ei:
-                open(os.path.join(where, "x.eml"), "wb").close()
-            assert ei.value.errno == errno.EPERM
-        assert m.status_field("operations pending") == "0"
-        assert s.fetch_folder("INBOX", body=False) == {}
-    finally:
-        s.cleanup()
+def test_cp_of_what_is_not_a_message_fails_at_close(dv, mount, tmp_path):
+    s = dv
+    m = mount(s)
+    inbox = os.path.join(m.path, "INBOX")
+    bad = tmp_path / "notes.txt"
+    bad.write_text("just some text\nwithout a header\n")
+    for path in (str(bad), "/dev/null"):
+        r = subprocess.run(["cp", path, inbox + "/x.eml"], capture_output=True, text=True)
+        assert r.returncode != 0
+        assert "Invalid argument" in r.stderr, r.stderr
+    assert files(m, "INBOX") == []
+    for where in (m.path, os.path.join(m.path, "Conversations")):
+        with pytest.raises(OSError) as ei:
+            open(os.path.join(where, "x.eml"), "wb").close()
+        assert ei.value.errno == errno.EPERM
+    assert m.status_field("operations pending") == "0"
+    assert s.fetch_folder("INBOX", body=False) == {}
 
 
-def test_a_30_mb_message_is_appended_byte_exact(mount, tmp_path):
-    s = servers.DovecotServer()
-    try:
-        s.start()
-        m = mount(s)
-        big = tmp_path / "big.eml"
-        line = b"x" * 76 + b"\r\n"
-        with open(big, "wb") as f:
-            f.write(b"From: big@example.org\r\nSubject: thirty megabytes\r\n"
-                    b"Message-ID: <big.1@example.org>\r\n\r\n")
-            for _ in range(30 * 1024 * 1024 // len(line)):
-                f.write(line)
-        want = big.read_bytes()
+def test_a_30_mb_message_is_appended_byte_exact(dv, mount, tmp_path):
+    s = dv
+    m = mount(s)
+    big = tmp_path / "big.eml"
+    line = b"x" * 76 + b"\r\n"
+    with open(big, "wb") as f:
+        f.write(b"From: big@example.org\r\nSubject: thirty megabytes\r\n"
+                b"Message-ID: <big.1@example.org>\r\n\r\n")
+        for _ in range(30 * 1024 * 1024 // len(line)):
+            f.write(line)
+    want = big.read_bytes()
 
-        def hwm():
-            status = open("/proc/%d/status" % m.proc.pid).read()
-            return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) * 1024
-        before = hwm()
-        r = subprocess.run(["cp", str(big), os.path.join(m.path, "INBOX") + "/"],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        wait_applied(m, 120)
-        got = list(s.fetch_folder("INBOX").values())
-        assert len(got) == 1 and got[0]["body"] == want
-        # staged, cached and sent in chunks: the peak grows by far less
-        # than the message
-        grew = hwm() - before
-        assert grew < len(want) // 3, "peak RSS grew by %d for a %d-byte message" % (
-            grew, len(want))
-    finally:
-        s.cleanup()
+    def hwm():
+        status = open("/proc/%d/status" % m.proc.pid).read()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) * 1024
+    before = hwm()
+    r = subprocess.run(["cp", str(big), os.path.join(m.path, "INBOX") + "/"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    wait_applied(m, 120)
+    got = list(s.fetch_folder("INBOX").values())
+    assert len(got) == 1 and got[0]["body"] == want
+    # staged, cached and sent in chunks: the peak grows by far less
+    # than the message
+    grew = hwm() - before
+    assert grew < len(want) // 3, "peak RSS grew by %d for a %d-byte message" % (
+        grew, len(want))
 
 
-def test_an_append_the_server_refuses_is_kept_in_recovered(mount, tmp_path):
-    s = servers.DovecotServer()
-    try:
-        s.start()
-        s.create("Gone")
-        m = mount(s)
-        s.delete("Gone")  # before the mount hears of it
-        src = tmp_path / "keep.eml"
-        body = b"From: k@example.org\r\nSubject: keep me\r\n\r\nprecious\r\n"
-        src.write_bytes(body)
-        r = subprocess.run(["cp", str(src), os.path.join(m.path, "Gone") + "/"],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        rec = os.path.join(m.path, ".convoyfs", "recovered")
-        harness.wait_until(lambda: os.listdir(rec), 30, what="the refused content to be kept")
-        wait_applied(m)
-        (name,) = os.listdir(rec)
-        with open(os.path.join(rec, name), "rb") as f:
-            assert f.read() == body
-        assert os.getxattr(os.path.join(rec, name), "user.convoyfs.reason")
-        assert "refused" in m.status_field("last error")
-        os.unlink(os.path.join(rec, name))
-        assert os.listdir(rec) == []
-    finally:
-        s.cleanup()
+def test_an_append_the_server_refuses_is_kept_in_recovered(dv, mount, tmp_path):
+    s = dv
+    s.create("Gone")
+    m = mount(s)
+    s.delete("Gone")  # before the mount hears of it
+    src = tmp_path / "keep.eml"
+    body = b"From: k@example.org\r\nSubject: keep me\r\n\r\nprecious\r\n"
+    src.write_bytes(body)
+    r = subprocess.run(["cp", str(src), os.path.join(m.path, "Gone") + "/"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rec = os.path.join(m.path, ".convoyfs", "recovered")
+    harness.wait_until(lambda: os.listdir(rec), 30, what="the refused content to be kept")
+    wait_applied(m)
+    (name,) = os.listdir(rec)
+    with open(os.path.join(rec, name), "rb") as f:
+        assert f.read() == body
+    assert os.getxattr(os.path.join(rec, name), "user.convoyfs.reason")
+    assert "refused" in m.status_field("last error")
+    os.unlink(os.path.join(rec, name))
+    assert os.listdir(rec) == []
 
 
-def test_a_message_moved_by_two_clients_at_once_stays_one(mount):
+def test_a_message_moved_by_two_clients_at_once_stays_one(dv, mount):
     """Our move waits (offline) while another client moves the same
     message elsewhere: the server keeps one copy, where the other client
     put it, and the mount shows just that."""
-    s = servers.DovecotServer()
-    try:
-        s.start()
-        s.append_many("INBOX", gen(2, 22))
-        s.create("Archive")
-        s.create("Other")
-        m = mount(s)
-        inbox = os.path.join(m.path, "INBOX")
-        name = files(m, "INBOX")[0]
-        mid = mid_of_file(os.path.join(inbox, name))
-        uid = int(os.getxattr(os.path.join(inbox, name), "user.convoyfs.uid"))
-        take_offline(s)
-        os.rename(os.path.join(inbox, name), os.path.join(m.path, "Archive", name))
-        s.start()
-        with s.session() as c:
-            c.select("INBOX")
-            typ, data = c.uid("MOVE", str(uid), "Other")
-            assert typ == "OK", data
-        wait_applied(m, 120)
-        check_tree(m, s)
-        everywhere = [x for f in ("INBOX", "Archive", "Other") for x in server_mids(s, f)]
-        assert everywhere.count(mid) == 1
-        assert server_mids(s, "Other") == [mid]
-        shown = [d for d in ("INBOX", "Archive", "Other")
-                 for n in files(m, d) if mid_of_file(os.path.join(m.path, d, n)) == mid]
-        assert shown == ["Other"]
-    finally:
-        s.cleanup()
+    s = dv
+    s.append_many("INBOX", gen(2, 22))
+    s.create("Archive")
+    s.create("Other")
+    m = mount(s)
+    inbox = os.path.join(m.path, "INBOX")
+    name = files(m, "INBOX")[0]
+    mid = mid_of_file(os.path.join(inbox, name))
+    uid = int(os.getxattr(os.path.join(inbox, name), "user.convoyfs.uid"))
+    take_offline(s)
+    os.rename(os.path.join(inbox, name), os.path.join(m.path, "Archive", name))
+    s.start()
+    with s.session() as c:
+        c.select("INBOX")
+        typ, data = c.uid("MOVE", str(uid), "Other")
+        assert typ == "OK", data
+    wait_applied(m, 120)
+    check_tree(m, s)
+    everywhere = [x for f in ("INBOX", "Archive", "Other") for x in server_mids(s, f)]
+    assert everywhere.count(mid) == 1
+    assert server_mids(s, "Other") == [mid]
+    shown = [d for d in ("INBOX", "Archive", "Other")
+             for n in files(m, d) if mid_of_file(os.path.join(m.path, d, n)) == mid]
+    assert shown == ["Other"]
 
 
 OVER_QUOTA = """mail_plugins = $mail_plugins quota
@@ -697,73 +676,61 @@ def test_an_append_over_the_size_limit_is_kept_in_recovered(mount, tmp_path):
         s.cleanup()
 
 
-def test_a_move_of_a_message_renumbered_meanwhile_still_happens(mount):
+def test_a_move_of_a_message_renumbered_meanwhile_still_happens(dv, mount):
     """Another client moves the message away and back (a new UID) while
     our move waits: the server answers our UID MOVE with OK and does
     nothing. The message is found again by its Message-ID and moved, not
     silently left behind."""
-    s = servers.DovecotServer()
-    try:
-        s.start()
-        s.append_many("INBOX", gen(2, 23))
-        s.create("Archive")
-        s.create("Elsewhere")
-        m = mount(s)
-        inbox = os.path.join(m.path, "INBOX")
-        name = files(m, "INBOX")[0]
-        mid = mid_of_file(os.path.join(inbox, name))
-        uid = int(os.getxattr(os.path.join(inbox, name), "user.convoyfs.uid"))
-        take_offline(s)
-        os.rename(os.path.join(inbox, name), os.path.join(m.path, "Archive", name))
-        s.start()
-        with s.session() as c:
-            c.select("INBOX")
-            assert c.uid("MOVE", str(uid), "Elsewhere")[0] == "OK"
-            c.select("Elsewhere")
-            assert c.uid("MOVE", "1:*", "INBOX")[0] == "OK"
-        wait_applied(m, 120)
-        check_tree(m, s)
-        everywhere = [x for f in ("INBOX", "Archive", "Elsewhere") for x in server_mids(s, f)]
-        assert everywhere.count(mid) == 1 and server_mids(s, "Archive") == [mid]
-        assert name in files(m, "Archive")  # the same file, name and inode
-    finally:
-        s.cleanup()
+    s = dv
+    s.append_many("INBOX", gen(2, 23))
+    s.create("Archive")
+    s.create("Elsewhere")
+    m = mount(s)
+    inbox = os.path.join(m.path, "INBOX")
+    name = files(m, "INBOX")[0]
+    mid = mid_of_file(os.path.join(inbox, name))
+    uid = int(os.getxattr(os.path.join(inbox, name), "user.convoyfs.uid"))
+    take_offline(s)
+    os.rename(os.path.join(inbox, name), os.path.join(m.path, "Archive", name))
+    s.start()
+    with s.session() as c:
+        c.select("INBOX")
+        assert c.uid("MOVE", str(uid), "Elsewhere")[0] == "OK"
+        c.select("Elsewhere")
+        assert c.uid("MOVE", "1:*", "INBOX")[0] == "OK"
+    wait_applied(m, 120)
+    check_tree(m, s)
+    everywhere = [x for f in ("INBOX", "Archive", "Elsewhere") for x in server_mids(s, f)]
+    assert everywhere.count(mid) == 1 and server_mids(s, "Archive") == [mid]
+    assert name in files(m, "Archive")  # the same file, name and inode
 
 
-def test_folder_names_the_tree_would_change_are_refused(mount):
-    s = servers.DovecotServer()
-    try:
-        s.start()
-        m = mount(s)
-        for name in (".hidden", ".Trash-0", "ctl\x01x"):
-            with pytest.raises(OSError) as ei:
-                os.mkdir(os.path.join(m.path, name))
-            assert ei.value.errno == errno.EINVAL, name
-        assert m.status_field("operations pending") == "0"
-        for d in ("Conversations", ".convoyfs"):
-            assert os.stat(os.path.join(m.path, d)).st_mode & 0o777 == 0o500
-        assert os.stat(os.path.join(m.path, "INBOX")).st_mode & 0o777 == 0o700
-    finally:
-        s.cleanup()
+def test_folder_names_the_tree_would_change_are_refused(dv, mount):
+    s = dv
+    m = mount(s)
+    for name in (".hidden", ".Trash-0", "ctl\x01x"):
+        with pytest.raises(OSError) as ei:
+            os.mkdir(os.path.join(m.path, name))
+        assert ei.value.errno == errno.EINVAL, name
+    assert m.status_field("operations pending") == "0"
+    for d in ("Conversations", ".convoyfs"):
+        assert os.stat(os.path.join(m.path, d)).st_mode & 0o777 == 0o500
+    assert os.stat(os.path.join(m.path, "INBOX")).st_mode & 0o777 == 0o700
 
 
-def test_a_copy_without_its_times_takes_the_date_header(mount, tmp_path):
+def test_a_copy_without_its_times_takes_the_date_header(dv, mount, tmp_path):
     """cp without -p (and GIO, whose utimensat comes after close): the
     message's Date: is its INTERNALDATE, not the time of the copy."""
-    s = servers.DovecotServer()
-    try:
-        s.start()
-        m = mount(s)
-        src = tmp_path / "dated.eml"
-        src.write_bytes(b"From: d@example.org\r\nDate: Tue, 1 Jan 2019 10:00:00 +0200\r\n"
-                        b"Subject: dated\r\nMessage-ID: <dated.1@example.org>\r\n\r\nx\r\n")
-        r = subprocess.run(["cp", str(src), os.path.join(m.path, "INBOX") + "/"],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        (name,) = files(m, "INBOX")
-        assert name.startswith("2019-01-01 10.00 dated"), name
-        wait_applied(m)
-        (got,) = s.fetch_folder("INBOX", body=False).values()
-        assert got["internaldate"] == 1546329600  # 08:00 UTC
-    finally:
-        s.cleanup()
+    s = dv
+    m = mount(s)
+    src = tmp_path / "dated.eml"
+    src.write_bytes(b"From: d@example.org\r\nDate: Tue, 1 Jan 2019 10:00:00 +0200\r\n"
+                    b"Subject: dated\r\nMessage-ID: <dated.1@example.org>\r\n\r\nx\r\n")
+    r = subprocess.run(["cp", str(src), os.path.join(m.path, "INBOX") + "/"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (name,) = files(m, "INBOX")
+    assert name.startswith("2019-01-01 10.00 dated"), name
+    wait_applied(m)
+    (got,) = s.fetch_folder("INBOX", body=False).values()
+    assert got["internaldate"] == 1546329600  # 08:00 UTC
