@@ -52,9 +52,6 @@ int imap_grade(struct conn *c, int rc, const char *what);
 int imap_reply_tree(struct conn *c, int tag, struct mailimap_response **out,
 		    bool *ok);
 
-/* imap_in_ranges - whether @u is in the @n ascending ranges @v */
-bool imap_in_ranges(const struct imap_uid_range *v, size_t n, uint32_t u);
-
 /* imap_read_status - the items of a STATUS reply into @out */
 void imap_read_status(clist *info, struct imap_box *out);
 
