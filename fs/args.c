@@ -45,6 +45,10 @@ void args_usage(FILE *out)
 	      "(default 60)\n"
 	      "  timeout=SECONDS        longest network wait (default 30)\n"
 	      "  cache_size=MB          bodies kept on disk (default 2048)\n"
+	      "  prefetch=all|recent:DAYS|none\n"
+	      "                         bodies brought in the background after\n"
+	      "                         the first sync, newest first, within\n"
+	      "                         cache_size (default all)\n"
 	      "  sync_since=YYYY-MM-DD  learn only mail dated from that day (UTC)\n"
 	      "  sync_days=N            learn only mail of the last N days\n"
 	      "                         (default: all; older mail of a folder\n"
@@ -267,6 +271,21 @@ static int parse_opts(char *opts, struct fs_args *a, struct opt_seen *seen,
 			if (!*v || *end || mb == 0 || mb > (1ULL << 30))
 				goto bad;
 			a->cfg.cache_budget = mb << 20;
+		} else if (!strcmp(o, "prefetch") && v) {
+			if (!strcmp(v, "all")) {
+				a->cfg.prefetch = PREFETCH_ALL;
+			} else if (!strcmp(v, "none")) {
+				a->cfg.prefetch = PREFETCH_NONE;
+			} else if (!strncmp(v, "recent:", 7) &&
+				   !parse_uint(v + 7, &a->cfg.prefetch_days) &&
+				   a->cfg.prefetch_days > 0) {
+				a->cfg.prefetch = PREFETCH_RECENT;
+			} else {
+				snprintf(err, errlen,
+					 "prefetch: %s (all, recent:DAYS or "
+					 "none)", v);
+				return -EINVAL;
+			}
 		} else if (!strcmp(o, "sync_since") && v) {
 			if (seen->sync_days) {
 				snprintf(err, errlen, "sync_since and sync_days "

@@ -196,7 +196,7 @@ int store_body_begin(struct store *s, int64_t umid,
 	int rc, tries;
 
 	*out = NULL;
-	if (umid <= 0)
+	if (umid < 0)
 		return -EINVAL;
 	w = xcalloc(1, sizeof(*w));
 	w->s = s;
@@ -307,6 +307,84 @@ static void set_real_size(struct store *s, int64_t umid, uint64_t size)
 	store_done(st);
 }
 
+void store_body_claim(struct store_body_writer *w, int64_t umid)
+{
+	w->umid = umid;
+}
+
+/* rename @w's file to @path, its directory made if a writer begun
+ * before its message was known wrote elsewhere */
+static int place(struct store_body_writer *w, const char *path)
+{
+	char dir[PATH_MAX];
+	int rc;
+
+	if (!w->umid)
+		return -EINVAL;
+	if (!rename(w->tmp, path))
+		return 0;
+	rc = -errno;
+	if (rc == -ENOENT && !body_dir(w->s, w->umid, dir) &&
+	    (!mkdir(dir, 0700) || errno == EEXIST) && !rename(w->tmp, path))
+		return 0;
+	rc = -errno;
+	log_error("cannot rename %s to %s: %s", w->tmp, path, strerror(-rc));
+	return rc;
+}
+
+int store_body_commit_many(struct store_body_writer **w, size_t n)
+{
+	char path[PATH_MAX];
+	size_t placed = 0;
+	bool own = false;
+	int rc = 0;
+
+	/* one syncfs for all of them instead of an fsync each: the files
+	 * must be whole on disk before a name (and a row) says they are
+	 * cached, and a journal commit per body is what makes a body
+	 * cost more than its bytes */
+	for (size_t i = 0; i < n && !rc; i++)
+		if (!w[i]->err && syncfs(w[i]->fd)) {
+			rc = -errno;
+			log_error("cannot sync the body cache: %s",
+				  strerror(errno));
+		}
+	for (size_t i = 0; i < n; i++) {
+		int err = rc ? rc : w[i]->err;
+
+		if (!err && close(w[i]->fd))
+			err = -errno;
+		else if (err)
+			close(w[i]->fd);
+		w[i]->fd = -1;
+		if (!err)
+			err = store_body_path(w[i]->s, w[i]->umid, path);
+		if (!err)
+			err = place(w[i], path);
+		if (err) {
+			store_body_abort(w[i]);
+			continue;
+		}
+		w[placed++] = w[i];
+	}
+	if (!placed)
+		return rc;
+	rc = store_tx_own(w[0]->s, &own);
+	for (size_t i = 0; i < placed && !rc; i++) {
+		rc = body_row_put(w[i]->s, w[i]->umid, w[i]->size);
+		if (!rc)
+			set_real_size(w[i]->s, w[i]->umid, w[i]->size);
+	}
+	rc = store_tx_end(w[0]->s, own, rc);
+	for (size_t i = 0; i < placed; i++) {
+		/* not accounted for: not cached */
+		if (rc && !store_body_path(w[i]->s, w[i]->umid, path))
+			unlink(path);
+		free(w[i]);
+	}
+	return rc ? rc : (int)placed;
+}
+
 int store_body_commit(struct store_body_writer *w)
 {
 	char path[PATH_MAX];
@@ -328,12 +406,9 @@ int store_body_commit(struct store_body_writer *w)
 	rc = store_body_path(w->s, w->umid, path);
 	if (rc)
 		goto out_abort;
-	if (rename(w->tmp, path)) {
-		rc = -errno;
-		log_error("cannot rename %s to %s: %s", w->tmp, path,
-			  strerror(errno));
+	rc = place(w, path);
+	if (rc)
 		goto out_abort;
-	}
 	/* no fsync of the directory: a rename lost in a power cut only
 	 * means the body is fetched again; the file's own fsync above keeps
 	 * a renamed body whole */
@@ -545,5 +620,48 @@ int store_body_sweep(struct store *s, struct store_sweep *out)
 			out->rows++;
 	}
 	free(gone);
+	return rc;
+}
+
+/* ---- what prefetch still has to bring ---- */
+
+int store_uncached(struct store *s, int64_t folder, uint32_t from,
+		   uint32_t below, int64_t since, size_t max,
+		   struct store_uncached *out, size_t *n)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	*n = 0;
+	rc = store_prepare(s, ST_BODY_UNCACHED, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, folder);
+	sqlite3_bind_int64(st, 2, below);
+	sqlite3_bind_int64(st, 3, since);
+	sqlite3_bind_int64(st, 4, (int64_t)max);
+	sqlite3_bind_int64(st, 5, from);
+	while (*n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		out[*n].umid = sqlite3_column_int64(st, 0);
+		out[*n].uid = (uint32_t)sqlite3_column_int64(st, 1);
+		out[*n].size = (uint64_t)sqlite3_column_int64(st, 2);
+		(*n)++;
+	}
+	rc = rc == SQLITE_ROW || rc == SQLITE_DONE
+		     ? 0
+		     : store_fail(s, ST_BODY_UNCACHED, rc);
+	store_done(st);
+	return rc;
+}
+
+int store_body_counts(struct store *s, uint64_t *cached, uint64_t *messages)
+{
+	int64_t a = 0, b = 0;
+	int rc = store_query_int(s, ST_BODY_COUNT, &a);
+
+	if (!rc)
+		rc = store_query_int(s, ST_MSG_COUNT_ON_SERVER, &b);
+	*cached = (uint64_t)a;
+	*messages = (uint64_t)b;
 	return rc;
 }

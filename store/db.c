@@ -154,6 +154,16 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"SELECT 1 FROM bodies WHERE umid = ?1" },
 	[ST_BODY_ALL] = { "body_all",
 		"SELECT umid FROM bodies ORDER BY umid" },
+	/* newest first: on the (folder, uid) index, bodies by their key */
+	[ST_BODY_UNCACHED] = { "body_uncached",
+		"SELECT m.umid, m.uid, m.size FROM messages m "
+		"WHERE m.folder = ?1 AND m.uid >= ?5 AND m.uid > 0 AND m.uid < ?2 "
+		"AND m.date >= ?3 "
+		"AND NOT EXISTS (SELECT 1 FROM bodies b WHERE b.umid = m.umid) "
+		"ORDER BY m.uid DESC LIMIT ?4" },
+	[ST_BODY_COUNT] = { "body_count", "SELECT count(*) FROM bodies" },
+	[ST_MSG_COUNT_ON_SERVER] = { "msg_count_on_server",
+		"SELECT count(*) FROM messages WHERE uid > 0" },
 	[ST_MSG_HAS] = { "msg_has",
 		"SELECT 1 FROM messages WHERE umid = ?1" },
 

@@ -466,7 +466,8 @@ int store_body_sweep(struct store *s, struct store_sweep *out);
 struct store_body_writer;
 
 /*
- * store_body_begin - start writing @umid's body to a temporary file.
+ * store_body_begin - start writing @umid's body (0: a message not known
+ * yet, see store_body_claim) to a temporary file.
  * store_body_append adds bytes; store_body_commit fsyncs and renames it
  * into place atomically (so a reader never sees a partial body) and
  * records its size; store_body_abort discards it. Commit and abort free
@@ -478,6 +479,38 @@ int store_body_append(struct store_body_writer *w, const void *buf,
 		      size_t len);
 int store_body_commit(struct store_body_writer *w);
 void store_body_abort(struct store_body_writer *w);
+
+/*
+ * store_body_claim - the body @w writes is @umid's: a writer begun with
+ * umid 0 (whose message was not known yet) must be told before commit.
+ */
+void store_body_claim(struct store_body_writer *w, int64_t umid);
+
+/*
+ * store_body_commit_many - commit the @n writers @w at once: the files
+ * made durable by one syncfs, renamed into place, and their rows
+ * written in one transaction (the caller's, if open). Frees every
+ * writer. Returns how many were committed, or -errno (then none is).
+ */
+int store_body_commit_many(struct store_body_writer **w, size_t n);
+
+/* a message whose body is not cached, for prefetch */
+struct store_uncached {
+	int64_t umid;
+	uint32_t uid;
+	uint64_t size; /* RFC822.SIZE */
+};
+/*
+ * store_uncached - up to @max messages of @folder on the server whose
+ * body is not cached, with a UID in [@from, @below) and a date at or
+ * after @since (Unix time), newest (highest UID) first.
+ */
+int store_uncached(struct store *s, int64_t folder, uint32_t from,
+		   uint32_t below, int64_t since, size_t max,
+		   struct store_uncached *out, size_t *n);
+
+/* store_body_counts - bodies cached, and messages known on the server */
+int store_body_counts(struct store *s, uint64_t *cached, uint64_t *messages);
 
 /* store_body_total - bytes of cached bodies */
 int store_body_total(struct store *s, uint64_t *total);

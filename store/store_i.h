@@ -42,6 +42,9 @@ enum store_stmt {
 	ST_BODY_LRU,
 	ST_BODY_HAS,
 	ST_BODY_ALL,
+	ST_BODY_UNCACHED,
+	ST_BODY_COUNT,
+	ST_MSG_COUNT_ON_SERVER,
 	ST_MSG_HAS,
 	/* conversations.c */
 	ST_SAVEPOINT,

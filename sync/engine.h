@@ -21,12 +21,16 @@
 #define SYNC_FLAGS_PER_BATCH 5
 #define FETCHERS 2
 
+/* a body asked for by readers; queued first come, first served */
 struct fetch_req {
 	int64_t umid;
 	int rc; /* valid once done */
 	bool done;
 	bool taken; /* a fetcher is working on it */
 	unsigned waiters;
+	/* when it was asked for, then when its bytes last came: its
+	 * waiters give up (EIO) a timeout after it */
+	long long progress_ms;
 	struct fetch_req *next;
 };
 
@@ -41,6 +45,43 @@ struct fetcher {
 	enum conn_state state; /* guarded by s->lock */
 	unsigned fails; /* connections in a row that failed */
 	long long retry_at_ms; /* no new connection before */
+};
+
+/* what the prefetcher is doing, for the status file */
+enum prefetch_state {
+	PREFETCH_WAITING, /* for the first sync */
+	PREFETCH_OFF, /* prefetch=none */
+	PREFETCH_CONNECTING,
+	PREFETCH_RUNNING,
+	PREFETCH_FULL, /* paused: the cache holds its share of the budget */
+	PREFETCH_OFFLINE, /* the last pass lost its connection */
+	PREFETCH_DONE, /* every body it may bring is cached */
+};
+
+/* the prefetcher (prefetch.c): its thread owns conn, st and the counters
+ * not marked guarded */
+struct prefetch {
+	struct sync *s;
+	pthread_t thread;
+	bool started;
+	struct conn *conn;
+	struct store *st;
+	unsigned fails; /* batches in a row that lost the connection */
+	long long retry_at_ms;
+	size_t batch_max; /* messages per batch now */
+	long long counted_ms;
+	struct prefetch_mark {
+		int64_t folder;
+		uint32_t uidvalidity, from;
+	} *marks; /* owned */
+	size_t nmarks;
+	pthread_cond_t wake; /* with s->lock: new mail, or stop */
+	/* guarded by s->lock */
+	bool woken;
+	enum prefetch_state state;
+	uint64_t cached, total; /* bodies cached, messages known */
+	uint64_t bytes; /* brought since start */
+	uint64_t rate; /* bytes a second, of the last batches */
 };
 
 /* how changes on the server reach us */
@@ -153,8 +194,8 @@ struct sync {
 	size_t nasked;
 	bool poll_asked; /* the watcher missed pushes: look at all */
 	size_t nfolders; /* selectable folders at the last list */
-	struct fetch_req *queue; /* pending and running body requests */
-	long long fetch_progress_ms; /* last time any fetcher made progress */
+	struct fetch_req *queue; /* pending and running body requests,
+				    oldest first */
 
 	/* the operation log (ops.c) */
 	bool ops_asked; /* ops wait: queue the executor */
@@ -165,11 +206,13 @@ struct sync {
 
 	struct fetcher fetchers[FETCHERS];
 	struct watcher watch;
+	struct prefetch pf;
 
 	sync_changed_fn *changed;
 	void *changed_aux;
 
 	atomic_ullong bodies_fetched;
+	atomic_ullong bodies_prefetched;
 	atomic_ullong headers_fetched;
 	atomic_ullong logins;
 };
@@ -356,5 +399,12 @@ void watch_stop(struct sync *s);
 /* fetch.c: body fetchers */
 int fetch_start(struct sync *s);
 void fetch_stop(struct sync *s);
+
+/* prefetch.c: the prefetcher's thread (none with prefetch=none); wake it
+ * when new mail was learned */
+int prefetch_start(struct sync *s);
+void prefetch_stop(struct sync *s);
+void prefetch_wake(struct sync *s);
+const char *prefetch_state_name(enum prefetch_state st);
 
 #endif

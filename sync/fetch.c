@@ -3,8 +3,10 @@
  * queues a request; a fetcher thread, on a connection of its own, runs
  * UID FETCH uid BODY.PEEK[] (PEEK: reading never marks mail \Seen),
  * streams the literal into the body cache and commits it atomically.
- * The waiter gives up (EIO) when no fetcher made progress for the
- * configured timeout, so a dead server never hangs a read.
+ * Requests are served first come, first served; a waiter gives up (EIO)
+ * when its own request saw no progress for the configured timeout, so
+ * a dead server never hangs a read and a crowd of readers cannot keep
+ * an old one waiting for ever.
  */
 #define LOG_CAT "fetch"
 #include "engine.h"
@@ -20,23 +22,21 @@
 
 struct body_sink {
 	struct sync *s;
+	struct fetch_req *req; /* taken by this fetcher: not freed under it */
 	struct store_body_writer *w;
 };
-
-static void progress(struct sync *s)
-{
-	pthread_mutex_lock(&s->lock);
-	s->fetch_progress_ms = now_ms();
-	pthread_mutex_unlock(&s->lock);
-}
 
 static int on_bytes(const char *bytes, size_t len, void *ctx)
 {
 	struct body_sink *b = ctx;
 	int rc = store_body_append(b->w, bytes, len);
 
-	if (!rc)
-		progress(b->s);
+	/* a big body on a slow link is waited for while its bytes come */
+	if (!rc) {
+		pthread_mutex_lock(&b->s->lock);
+		b->req->progress_ms = now_ms();
+		pthread_mutex_unlock(&b->s->lock);
+	}
 	return rc;
 }
 
@@ -93,14 +93,15 @@ static int ensure_conn(struct fetcher *f)
 }
 
 /*
- * fetch_one - the body of @umid into the cache. 0, -ENOENT when the
+ * fetch_one - the body @req asks for into the cache. 0, -ENOENT when the
  * server no longer has it, -EIO otherwise.
  */
-static int fetch_one(struct fetcher *f, int64_t umid)
+static int fetch_one(struct fetcher *f, struct fetch_req *req)
 {
 	struct store_msg m = { 0 };
 	struct store_folder fo = { 0 };
-	struct body_sink sink = { .s = f->s };
+	struct body_sink sink = { .s = f->s, .req = req };
+	int64_t umid = req->umid;
 	uint64_t got = 0;
 	int rc, g, cb_rc = 0;
 
@@ -180,20 +181,22 @@ out_msg:
 	return rc;
 }
 
+/* the oldest request not taken; those whose readers all gave up go */
 static struct fetch_req *next_request(struct sync *s)
 {
-	for (struct fetch_req *r = s->queue; r; r = r->next)
+	for (struct fetch_req **p = &s->queue; *p;) {
+		struct fetch_req *r = *p;
+
+		if (!r->taken && !r->done && !r->waiters) {
+			*p = r->next;
+			free(r);
+			continue;
+		}
 		if (!r->taken && !r->done)
 			return r;
+		p = &r->next;
+	}
 	return NULL;
-}
-
-static bool any_taken(struct sync *s)
-{
-	for (struct fetch_req *r = s->queue; r; r = r->next)
-		if (r->taken && !r->done)
-			return true;
-	return false;
 }
 
 static void unlink_req(struct sync *s, struct fetch_req *req)
@@ -213,7 +216,6 @@ static void *fetcher_main(void *arg)
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
 		struct fetch_req *req = NULL;
-		int64_t umid;
 		int rc;
 
 		while (!s->stopping && !(req = next_request(s))) {
@@ -236,15 +238,13 @@ static void *fetcher_main(void *arg)
 		if (s->stopping)
 			break;
 		req->taken = true;
-		umid = req->umid;
-		s->fetch_progress_ms = now_ms();
 		pthread_mutex_unlock(&s->lock);
 
-		rc = fetch_one(f, umid);
+		rc = fetch_one(f, req);
 		if (rc == -EIO && !sync_is_stopping(s)) {
 			/* one retry on a fresh connection: the old one may
 			 * have been dropped by the server while idle */
-			rc = fetch_one(f, umid);
+			rc = fetch_one(f, req);
 		}
 
 		pthread_mutex_lock(&s->lock);
@@ -264,6 +264,7 @@ int sync_fetch_body(struct sync *s, int64_t umid)
 {
 	struct fetch_req *req;
 	long long limit = (long long)s->cfg.timeout * 1000;
+	long long joined = now_ms();
 	int rc;
 
 	pthread_mutex_lock(&s->lock);
@@ -275,19 +276,26 @@ int sync_fetch_body(struct sync *s, int64_t umid)
 		if (req->umid == umid && !req->done)
 			break;
 	if (!req) {
+		struct fetch_req **tail = &s->queue;
+
+		/* first come, first served: at the tail */
+		while (*tail)
+			tail = &(*tail)->next;
 		req = xcalloc(1, sizeof(*req));
 		req->umid = umid;
-		req->next = s->queue;
-		s->queue = req;
-		if (!any_taken(s))
-			s->fetch_progress_ms = now_ms();
+		req->progress_ms = now_ms();
+		*tail = req;
 		pthread_cond_signal(&s->fetch_wake);
 	}
 	req->waiters++;
 	while (!req->done && !s->stopping) {
 		struct timespec ts;
 
-		if (now_ms() - s->fetch_progress_ms > limit)
+		/* each reader its own deadline: a timeout after it asked,
+		 * or after its body last made progress */
+		if (now_ms() - (joined > req->progress_ms ? joined
+							  : req->progress_ms) >
+		    limit)
 			break;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += 1;

@@ -732,7 +732,7 @@ out:
 	fc->hdr_dropped = 0;
 }
 
-static void no_progress(size_t current, size_t maximum, void *ctx)
+void imap_no_progress(size_t current, size_t maximum, void *ctx)
 {
 }
 
@@ -813,7 +813,7 @@ static int fetch_of_set(struct conn *c, struct imap_fetch *f,
 		mailimap_set_msg_body_handler(c->imap, on_header_bytes, &ctx);
 	}
 	mailimap_set_msg_att_handler(c->imap, on_message, &ctx);
-	mailimap_set_progress_callback(c->imap, no_progress, no_progress, &ctx);
+	mailimap_set_progress_callback(c->imap, imap_no_progress, imap_no_progress, &ctx);
 	if (!f->by_uid)
 		rc = mailimap_fetch(c->imap, set, ft, &result);
 	else if (f->changedsince && f->want_vanished && c->qresync)
@@ -1129,129 +1129,6 @@ bool imap_has_input(struct conn *c)
 	return poll(&pfd, 1, 0) > 0;
 }
 
-/* ---- one body ---- */
-
-/*
- * What came back for one body: the bytes go to the caller as they come
- * (the caller keeps them aside), and the reply is judged once whole.
- * It must hold exactly one FETCH with a body, that body a BODY[] of the
- * whole message and its FETCH the UID asked for; anything else (another
- * UID's body, BODY[HEADER], a second body) and the caller drops the
- * bytes, as the server did not send this message.
- */
-struct body_ctx {
-	int (*fn)(const char *bytes, size_t len, void *ctx);
-	void *ctx;
-	uint32_t uid; /* asked for */
-	uint64_t got;
-	int rc;
-	unsigned bodies; /* body items in the reply's FETCH responses */
-	bool wrong_uid; /* a body came in a FETCH of another UID */
-	bool wrong_section; /* a body that is not BODY[] of it all */
-};
-
-/* BODY[] or BODY[]<0>: the whole message */
-static bool whole_message(const struct mailimap_msg_att_body_section *sec)
-{
-	return sec && (!sec->sec_section || !sec->sec_section->sec_spec) &&
-	       !sec->sec_origin_octet;
-}
-
-static bool on_body_bytes(int type, struct mailimap_msg_att_body_section *sec,
-			  const char *bytes, size_t len, void *ctx)
-{
-	struct body_ctx *b = ctx;
-
-	if (type != MAILIMAP_MSG_ATT_BODY_SECTION || !whole_message(sec)) {
-		/* read to its end, kept nowhere */
-		b->wrong_section = true;
-		return true;
-	}
-	b->rc = b->fn(bytes, len, b->ctx);
-	if (b->rc)
-		return false;
-	b->got += len;
-	return true;
-}
-
-static void on_body_att(struct mailimap_msg_att *att, void *ctx)
-{
-	struct body_ctx *b = ctx;
-	unsigned bodies = 0;
-	uint32_t uid = 0;
-
-	for (clistiter *it = clist_begin(att->att_list); it;
-	     it = clist_next(it)) {
-		struct mailimap_msg_att_item *item = clist_content(it);
-		struct mailimap_msg_att_static *st;
-
-		if (item->att_type != MAILIMAP_MSG_ATT_ITEM_STATIC)
-			continue;
-		st = item->att_data.att_static;
-		switch (st->att_type) {
-		case MAILIMAP_MSG_ATT_UID:
-			uid = st->att_data.att_uid;
-			break;
-		case MAILIMAP_MSG_ATT_BODY_SECTION:
-		case MAILIMAP_MSG_ATT_RFC822:
-		case MAILIMAP_MSG_ATT_RFC822_TEXT:
-		case MAILIMAP_MSG_ATT_RFC822_HEADER:
-			bodies++;
-			break;
-		default:
-			break;
-		}
-	}
-	b->bodies += bodies;
-	if (bodies && uid != b->uid)
-		b->wrong_uid = true;
-}
-
-int imap_fetch_body(struct conn *c, uint32_t uid,
-		    int (*fn)(const char *bytes, size_t len, void *ctx),
-		    void *ctx, uint64_t *got, int *cb_rc)
-{
-	struct body_ctx b = { .fn = fn, .ctx = ctx, .uid = uid };
-	struct mailimap_fetch_type *ft;
-	struct mailimap_set *set = mailimap_set_new_single(uid);
-	clist *result = NULL;
-	int rc;
-
-	ft = mailimap_fetch_type_new_fetch_att_list_empty();
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-						   mailimap_fetch_att_new_uid());
-	/* PEEK: reading never marks mail \Seen */
-	mailimap_fetch_type_new_fetch_att_list_add(
-		ft, mailimap_fetch_att_new_body_peek_section(
-			    mailimap_section_new(NULL)));
-	mailimap_set_msg_body_handler(c->imap, on_body_bytes, &b);
-	mailimap_set_msg_att_handler(c->imap, on_body_att, &b);
-	mailimap_set_progress_callback(c->imap, no_progress, no_progress, &b);
-	rc = mailimap_uid_fetch(c->imap, set, ft, &result);
-	mailimap_set_msg_body_handler(c->imap, NULL, NULL);
-	mailimap_set_msg_att_handler(c->imap, NULL, NULL);
-	mailimap_set_progress_callback(c->imap, NULL, NULL, NULL);
-	if (rc == MAILIMAP_NO_ERROR && result) /* see fetch_of_set */
-		mailimap_fetch_list_free(result);
-	mailimap_fetch_type_free(ft);
-	mailimap_set_free(set);
-	*got = b.got;
-	*cb_rc = b.rc;
-	if (rc != MAILIMAP_NO_ERROR)
-		/* our handler stopped the reply half-read: the session is
-		 * lost */
-		return grade(c, rc, "fetch a body");
-	if (b.bodies > 1 || b.wrong_uid || b.wrong_section) {
-		log_warn("the body of UID %u in %s refused: the server sent %s",
-			 uid, c->selected ? c->selected : "?",
-			 b.wrong_uid	 ? "a body for another UID" :
-			 b.wrong_section ? "a part, not BODY[] of the message" :
-					   "more than one body");
-		return IMAP_MSG_BAD;
-	}
-	return IMAP_OK;
-}
-
 /* ---- UID sets and searches by date (growth, and checks of every
  * known UID however scattered) ---- */
 
@@ -1296,7 +1173,7 @@ size_t imap_uid_ranges(const uint32_t *uids, size_t n, uint32_t merge_from,
 	return i;
 }
 
-static struct mailimap_set *set_of(const struct imap_uid_range *v, size_t n)
+struct mailimap_set *imap_set_of(const struct imap_uid_range *v, size_t n)
 {
 	struct mailimap_set *set = mailimap_set_new_empty();
 
@@ -1315,7 +1192,7 @@ int imap_fetch_set(struct conn *c, struct imap_fetch *f,
 	/* a set names the messages wanted: nothing conditional */
 	f->changedsince = 0;
 	f->want_vanished = false;
-	return fetch_of_set(c, f, set_of(v, n));
+	return fetch_of_set(c, f, imap_set_of(v, n));
 }
 
 /* the day of Unix time @t (UTC) as a SEARCH date */
@@ -1368,7 +1245,7 @@ int imap_uid_search_set(struct conn *c, const struct imap_uid_range *v,
 		return IMAP_OK;
 	key = mailimap_search_key_new_multiple_empty();
 	mailimap_search_key_multiple_add(
-		key, mailimap_search_key_new_uid(set_of(v, n)));
+		key, mailimap_search_key_new_uid(imap_set_of(v, n)));
 	if (since > 0)
 		mailimap_search_key_multiple_add(
 			key,

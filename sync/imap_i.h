@@ -1,5 +1,6 @@
 /*
- * imap_i.h - shared by the files of the IMAP layer (imap.c, imap_poll.c)
+ * imap_i.h - shared by the files of the IMAP layer (imap.c, imap_poll.c,
+ * imap_bodies.c)
  * and by nothing else: libetpan's lower-level senders and parser, and
  * the helpers for commands libetpan has no builder for.
  */
@@ -51,6 +52,13 @@ int imap_grade(struct conn *c, int rc, const char *what);
  */
 int imap_reply_tree(struct conn *c, int tag, struct mailimap_response **out,
 		    bool *ok);
+
+/* imap_no_progress - a progress callback that does nothing: libetpan
+ * calls a message handler only while one is set */
+void imap_no_progress(size_t current, size_t maximum, void *ctx);
+
+/* imap_set_of - the @n ranges @v as a libetpan set */
+struct mailimap_set *imap_set_of(const struct imap_uid_range *v, size_t n);
 
 /* imap_read_status - the items of a STATUS reply into @out */
 void imap_read_status(clist *info, struct imap_box *out);

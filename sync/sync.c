@@ -42,9 +42,12 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 	s->cfg.timeout = cfg->timeout ? cfg->timeout : 30;
 	s->cfg.cache_budget = cfg->cache_budget;
 	s->cfg.horizon = cfg->horizon;
+	s->cfg.prefetch = cfg->prefetch;
+	s->cfg.prefetch_days = cfg->prefetch_days;
 	s->batch = SYNC_BATCH;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->fetch_wake, NULL);
+	pthread_cond_init(&s->pf.wake, NULL);
 	pthread_cond_init(&s->fetch_done, NULL);
 	s->jobs = jobq_new();
 
@@ -96,6 +99,9 @@ void sync_notify(struct sync *s, enum sync_change_kind kind, int64_t folder)
 
 	if (s->changed)
 		s->changed(&c, s->changed_aux);
+	/* new mail: bodies to bring */
+	if (kind == SYNC_MESSAGES)
+		prefetch_wake(s);
 }
 
 void sync_notify_gone(struct sync *s, const struct store_msg *m)
@@ -871,8 +877,14 @@ int sync_start(struct sync *s)
 	rc = fetch_start(s);
 	if (rc)
 		return rc;
+	rc = prefetch_start(s);
+	if (rc) {
+		fetch_stop(s);
+		return rc;
+	}
 	rc = pthread_create(&s->thread, NULL, sync_main, s);
 	if (rc) {
+		prefetch_stop(s);
 		fetch_stop(s);
 		return -rc;
 	}
@@ -900,6 +912,7 @@ void sync_stop(struct sync *s)
 		s->started = false;
 	}
 	watch_stop(s);
+	prefetch_stop(s);
 	fetch_stop(s);
 	conn_close(s->conn);
 	s->conn = NULL;
@@ -921,6 +934,7 @@ void sync_free(struct sync *s)
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->fetch_wake);
 	pthread_cond_destroy(&s->fetch_done);
+	pthread_cond_destroy(&s->pf.wake);
 	free(s);
 }
 
@@ -964,6 +978,9 @@ void sync_status(struct sync *s, char **text)
 	int64_t err_when;
 	uint64_t ops;
 	char ops_list[512];
+	char pf[96];
+	enum prefetch_state pst;
+	uint64_t pf_cached, pf_total, pf_rate;
 
 	pthread_mutex_lock(&s->lock);
 	cs = s->conn_state;
@@ -979,6 +996,10 @@ void sync_status(struct sync *s, char **text)
 	nfolders = s->nfolders;
 	ops = s->ops_pending;
 	snprintf(ops_list, sizeof(ops_list), "%s", s->ops_list);
+	pst = s->pf.state;
+	pf_cached = s->pf.cached;
+	pf_total = s->pf.total;
+	pf_rate = s->pf.rate;
 	/* work asked for with ctl, waiting or running, is syncing too */
 	syncing |= s->nasked > 0 || jobq_pending(s->jobs) > 0;
 	pthread_mutex_unlock(&s->lock);
@@ -990,6 +1011,12 @@ void sync_status(struct sync *s, char **text)
 	else
 		snprintf(push, sizeof(push), "polling every %u s",
 			 s->cfg.poll_interval);
+
+	if (pst == PREFETCH_RUNNING && pf_rate)
+		snprintf(pf, sizeof(pf), "running, %.1f MB/s",
+			 (double)pf_rate / 1e6);
+	else
+		snprintf(pf, sizeof(pf), "%s", prefetch_state_name(pst));
 
 	if (err[0] && err_when) {
 		struct tm tm;
@@ -1008,6 +1035,9 @@ void sync_status(struct sync *s, char **text)
 			  "logins: %llu\n"
 			  "headers fetched: %llu\n"
 			  "bodies fetched: %llu\n"
+			  "bodies prefetched: %llu\n"
+			  "bodies cached: %llu/%llu\n"
+			  "prefetch: %s\n"
 			  "operations pending: %llu\n"
 			  "%s"
 			  "last error: %s%s\n",
@@ -1020,6 +1050,9 @@ void sync_status(struct sync *s, char **text)
 			  (unsigned long long)atomic_load(&s->logins),
 			  (unsigned long long)atomic_load(&s->headers_fetched),
 			  (unsigned long long)atomic_load(&s->bodies_fetched),
+			  (unsigned long long)atomic_load(&s->bodies_prefetched),
+			  (unsigned long long)pf_cached,
+			  (unsigned long long)pf_total, pf,
 			  (unsigned long long)ops, ops_list,
 			  err[0] ? err : "none", when);
 }

@@ -25,6 +25,11 @@ struct sync_config {
 	/* mail older than this (Unix time; 0: none) is learned only when
 	 * asked with sync_request_folder(..., true) */
 	int64_t horizon;
+	/* bodies brought in the background after the first sync, within
+	 * cache_budget: PREFETCH_ALL, PREFETCH_RECENT (of the last
+	 * prefetch_days days) or PREFETCH_NONE (on demand only) */
+	enum { PREFETCH_ALL, PREFETCH_RECENT, PREFETCH_NONE } prefetch;
+	unsigned prefetch_days;
 };
 
 void sync_config_release(struct sync_config *cfg);

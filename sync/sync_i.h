@@ -256,6 +256,32 @@ int imap_uid_search_set(struct conn *c, const struct imap_uid_range *v,
 			size_t n, int64_t since, int64_t before,
 			uint32_t **uids, size_t *nuids);
 
+/* what one message's FETCH response held, judged when it is whole */
+enum imap_body_kind {
+	IMAP_BODY_WHOLE, /* exactly one body: BODY[] of the whole message */
+	IMAP_BODY_PART, /* another section (BODY[HEADER], RFC822.TEXT…) */
+	IMAP_BODY_TWO, /* more than one body */
+};
+
+/*
+ * imap_fetch_bodies - UID FETCH <the @n ranges @v> (UID BODY.PEEK[]) in
+ * one command: many bodies a round trip (sync/imap_bodies.c). While a
+ * body streams nobody knows whose it is: @bytes gets the bytes of the
+ * message now arriving (a wrong section's are not given), then @end,
+ * once that message's response is whole, its UID (0 if none came) and
+ * what it held; the caller keeps or drops what came since the last
+ * @end. @bytes returns 0, or an error that aborts (kept in @cb_rc; the
+ * session is then lost, the reply being left half-read).
+ */
+struct imap_bodies {
+	int (*bytes)(const char *bytes, size_t len, void *ctx);
+	void (*end)(uint32_t uid, enum imap_body_kind kind, void *ctx);
+	void *ctx;
+	int cb_rc; /* out */
+};
+int imap_fetch_bodies(struct conn *c, const struct imap_uid_range *v,
+		      size_t n, struct imap_bodies *b);
+
 /*
  * imap_fetch_body - UID FETCH @uid BODY.PEEK[], the bytes streamed to
  * @fn as they come (never held whole in memory); *@got counts them.

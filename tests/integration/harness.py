@@ -706,6 +706,10 @@ class Mount:
             "password_command": password_command or dovecot.password_command(),
             "cache_dir": cache_dir,
             "timeout": str(timeout),
+            # bodies come when a file is opened, as the tests of reads,
+            # the cache and hostile servers count them; test_prefetch.py
+            # runs the default (prefetch=all)
+            "prefetch": "none",
         }
         if debug:
             opts["debug"] = debug

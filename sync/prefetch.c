@@ -1,0 +1,555 @@
+/*
+ * prefetch.c - bodies brought before anyone opens them. Once the first
+ * sync is done, a thread with a connection of its own walks the folders
+ * (INBOX first), newest message first, and fetches the bodies not yet
+ * cached many at a time: one UID FETCH of a set of UIDs per batch, the
+ * bytes streamed to disk as they come, the batch made durable by one
+ * syncfs and recorded in one transaction. A reader never waits behind
+ * it: opens go to the fetchers' connections (fetch.c). It stops at nine
+ * tenths of the cache budget, so it never evicts what was read, and
+ * leaves the rest to on-demand fetches; new mail wakes it.
+ */
+#define LOG_CAT "fetch"
+#include "engine.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "common.h"
+
+/* a batch: at most this many messages, and about this many bytes, so
+ * one command amortises its round trip yet a cut link loses little */
+#define PF_BATCH_MSGS 500
+#define PF_BATCH_BYTES (8ULL << 20)
+/* all done: look at whole folders again this often (new mail wakes it
+ * sooner, and then looks at new mail only) */
+#define PF_REST_MS (3600 * 1000)
+/* the cache full: look again this often */
+#define PF_FULL_MS 10000
+/* counts for the status file at most this often */
+#define PF_COUNT_MS 2000
+
+/* one batch on the wire */
+struct pf_batch {
+	struct prefetch *p;
+	struct store_uncached *v; /* by UID ascending */
+	size_t n;
+	bool *got;
+	struct store_body_writer *cur; /* the body now arriving */
+	struct store_body_writer **done; /* whole bodies of asked UIDs */
+	size_t ndone;
+	unsigned refused; /* responses that were not one BODY[] */
+	int err; /* first failure to keep bytes */
+};
+
+static void set_state(struct prefetch *p, enum prefetch_state st)
+{
+	pthread_mutex_lock(&p->s->lock);
+	p->state = st;
+	pthread_mutex_unlock(&p->s->lock);
+}
+
+/* wait up to @ms, or until woken (new mail, stop); false when stopping */
+static bool pf_sleep(struct prefetch *p, long long ms)
+{
+	struct sync *s = p->s;
+	struct timespec ts;
+	bool go;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&s->lock);
+	if (!s->stopping && !p->woken)
+		pthread_cond_timedwait(&p->wake, &s->lock, &ts);
+	p->woken = false;
+	go = !s->stopping;
+	pthread_mutex_unlock(&s->lock);
+	return go;
+}
+
+static void update_counts(struct prefetch *p, bool now)
+{
+	uint64_t cached, total;
+	long long t = now_ms();
+
+	if (!now && t - p->counted_ms < PF_COUNT_MS)
+		return;
+	p->counted_ms = t;
+	if (store_body_counts(p->st, &cached, &total))
+		return;
+	pthread_mutex_lock(&p->s->lock);
+	p->cached = cached;
+	p->total = total;
+	pthread_mutex_unlock(&p->s->lock);
+}
+
+static int ensure_conn(struct prefetch *p)
+{
+	char err[256];
+	int rc;
+
+	if (p->conn && !conn_is_broken(p->conn))
+		return 0;
+	conn_close(p->conn);
+	p->conn = NULL;
+	if (p->retry_at_ms > now_ms() &&
+	    !pf_sleep(p, p->retry_at_ms - now_ms()))
+		return -ESHUTDOWN;
+	set_state(p, PREFETCH_CONNECTING);
+	rc = conn_open(&p->s->cfg, &p->conn, err, sizeof(err));
+	if (rc) {
+		p->fails++;
+		p->retry_at_ms = now_ms() + sync_backoff_ms(p->fails);
+		log_warn("prefetch: %s", err);
+		return rc;
+	}
+	atomic_fetch_add(&p->s->logins, 1);
+	return 0;
+}
+
+static int cmp_uid(const void *a, const void *b)
+{
+	const struct store_uncached *x = a, *y = b;
+
+	return x->uid < y->uid ? -1 : x->uid > y->uid;
+}
+
+static int on_bytes(const char *bytes, size_t len, void *ctx)
+{
+	struct pf_batch *b = ctx;
+	int rc;
+
+	/* a stop cuts the batch short: the session goes with it */
+	if (sync_is_stopping(b->p->s))
+		return -ECANCELED;
+	if (b->err)
+		return 0; /* kept nowhere; the response is still read */
+	if (!b->cur) {
+		rc = store_body_begin(b->p->st, 0, &b->cur);
+		if (rc) {
+			b->err = rc;
+			return rc == -ENOSPC ? rc : 0;
+		}
+	}
+	rc = store_body_append(b->cur, bytes, len);
+	if (rc) {
+		b->err = rc;
+		store_body_abort(b->cur);
+		b->cur = NULL;
+		return rc == -ENOSPC ? rc : 0;
+	}
+	return 0;
+}
+
+static void on_end(uint32_t uid, enum imap_body_kind kind, void *ctx)
+{
+	struct pf_batch *b = ctx;
+	struct store_uncached key = { .uid = uid }, *m;
+
+	m = bsearch(&key, b->v, b->n, sizeof(*b->v), cmp_uid);
+	if (b->cur && kind == IMAP_BODY_WHOLE && m && !b->got[m - b->v]) {
+		b->got[m - b->v] = true;
+		store_body_claim(b->cur, m->umid);
+		b->done[b->ndone++] = b->cur;
+	} else if (b->cur || kind != IMAP_BODY_WHOLE) {
+		/* not what the server has for a message asked for: one
+		 * line per batch, and the message waits for an open,
+		 * whose fetch judges it alone */
+		if (!b->refused++)
+			log_warn("prefetch: a FETCH response in %s refused "
+				 "(UID %u: %s)",
+				 b->p->conn->selected ? b->p->conn->selected
+						      : "?",
+				 uid,
+				 !m ? "not asked for" :
+				 kind == IMAP_BODY_PART ? "not BODY[] of it all" :
+				 kind == IMAP_BODY_TWO ? "more than one body" :
+							 "sent twice");
+		store_body_abort(b->cur);
+	}
+	b->cur = NULL;
+}
+
+/* tell fs/ of bodies whose length is not what RFC822.SIZE said */
+static void sizes_changed(struct prefetch *p, const struct store_uncached *v,
+			  const bool *got, size_t n)
+{
+	for (size_t i = 0; i < n && p->s->changed; i++) {
+		struct store_msg m = { 0 };
+
+		if (!got[i] || store_msg_get(p->st, v[i].umid, &m))
+			continue;
+		if (m.real_size >= 0 && (uint64_t)m.real_size != v[i].size) {
+			struct sync_change c = { .kind = SYNC_MESSAGE_SIZE,
+						 .folder = m.folder,
+						 .msg = &m };
+
+			p->s->changed(&c, p->s->changed_aux);
+		}
+		store_msg_release(&m);
+	}
+}
+
+/*
+ * One batch: @v's @n messages of the folder selected (sorted by UID
+ * here).
+ * Returns 0 (whatever the server had of them is cached), -ENOSPC, or
+ * -EIO when the connection was lost.
+ */
+static int fetch_batch(struct prefetch *p, struct store_uncached *v, size_t n)
+{
+	struct imap_uid_range *r = xcalloc(n, sizeof(*r));
+	uint32_t *uids = xcalloc(n, sizeof(*uids));
+	struct pf_batch b = { .p = p, .v = v, .n = n };
+	struct imap_bodies cb = { .bytes = on_bytes, .end = on_end,
+				  .ctx = &b };
+	long long t0 = now_ms();
+	size_t nr = 0, take, got = 0;
+	uint64_t bytes = 0;
+	int g, rc = 0;
+
+	qsort(v, n, sizeof(*v), cmp_uid);
+	for (size_t i = 0; i < n; i++)
+		uids[i] = v[i].uid;
+	/* runs of consecutive UIDs only: a gap may hold a body already
+	 * cached, or a message we do not know */
+	take = imap_uid_ranges(uids, n, UINT32_MAX, IMAP_SET_MAX_TEXT, r, &nr);
+	b.n = n = take;
+	b.got = xcalloc(n, sizeof(*b.got));
+	b.done = xcalloc(n, sizeof(*b.done));
+	g = imap_fetch_bodies(p->conn, r, nr, &cb);
+	store_body_abort(b.cur);
+	b.cur = NULL;
+	if (g == IMAP_CONN_BAD || g == IMAP_CANCELLED) {
+		for (size_t i = 0; i < b.ndone; i++)
+			store_body_abort(b.done[i]);
+		b.ndone = 0;
+		rc = cb.cb_rc == -ENOSPC || b.err == -ENOSPC ? -ENOSPC : -EIO;
+	} else if (g != IMAP_OK) {
+		/* NO or BAD for the set: nothing of it is kept, and the
+		 * messages wait for an open */
+		for (size_t i = 0; i < b.ndone; i++)
+			store_body_abort(b.done[i]);
+		b.ndone = 0;
+		memset(b.got, 0, n * sizeof(*b.got));
+	}
+	if (b.ndone) {
+		int kept = store_body_commit_many(b.done, b.ndone);
+
+		if (kept < 0) {
+			memset(b.got, 0, n * sizeof(*b.got));
+			rc = kept == -ENOSPC ? -ENOSPC : rc;
+		} else {
+			sizes_changed(p, v, b.got, n);
+		}
+	}
+	if (!rc && b.err == -ENOSPC)
+		rc = -ENOSPC;
+	for (size_t i = 0; i < n; i++)
+		if (b.got[i]) {
+			bytes += v[i].size;
+			got++;
+		}
+	if (bytes) {
+		long long dt = now_ms() - t0;
+
+		pthread_mutex_lock(&p->s->lock);
+		p->bytes += bytes;
+		/* the rate of the last batches, smoothed */
+		if (dt > 0)
+			p->rate = p->rate ? (p->rate * 3 + bytes * 1000 / dt) / 4
+					  : bytes * 1000 / dt;
+		pthread_mutex_unlock(&p->s->lock);
+		atomic_fetch_add(&p->s->bodies_prefetched, got);
+	}
+	free(b.got);
+	free(b.done);
+	free(uids);
+	free(r);
+	return rc;
+}
+
+/* the bytes prefetch may still add to the cache: 0 when it is full */
+static uint64_t room(struct prefetch *p)
+{
+	uint64_t total = 0, limit = p->s->cfg.cache_budget / 10 * 9;
+
+	if (!limit)
+		return UINT64_MAX;
+	if (store_body_total(p->st, &total))
+		return 0;
+	return total < limit ? limit - total : 0;
+}
+
+/*
+ * One folder, newest first: every body not cached with a UID from @from
+ * and a date at or after @since. Returns 0 when the folder is done, -ENOSPC when the
+ * cache is full, -EIO (connection lost: try again later), -ESHUTDOWN.
+ */
+static int prefetch_folder(struct prefetch *p, const struct store_folder *fo,
+			   uint32_t from, int64_t since)
+{
+	struct store_uncached *v = xcalloc(PF_BATCH_MSGS, sizeof(*v));
+	uint32_t below = UINT32_MAX, top;
+	int rc = 0;
+
+	while (!rc) {
+		uint64_t left = room(p), sum = 0;
+		size_t n = 0, k;
+
+		if (sync_is_stopping(p->s)) {
+			rc = -ESHUTDOWN;
+			break;
+		}
+		if (!left) {
+			rc = -ENOSPC;
+			break;
+		}
+		rc = store_uncached(p->st, fo->id, from, below, since,
+				    p->batch_max, v, &n);
+		if (rc || !n)
+			break;
+		/* within the batch's bytes and the room left (the first
+		 * always, so that one big message still comes) */
+		for (k = 0; k < n; k++) {
+			if (k && (sum + v[k].size > PF_BATCH_BYTES ||
+				  sum + v[k].size > left))
+				break;
+			sum += v[k].size;
+		}
+		/* the batch is newest first: the next one starts below it,
+		 * and a retry of this one at its top */
+		top = v[0].uid;
+		below = v[k - 1].uid;
+		rc = ensure_conn(p);
+		if (!rc)
+			rc = conn_select(p->conn, fo->name, true);
+		if (rc == -ENOENT) {
+			rc = 0; /* the folder went: the sync will see */
+			break;
+		}
+		if (rc)
+			break;
+		if (p->conn->imap->imap_selection_info->sel_uidvalidity !=
+		    fo->uidvalidity)
+			break; /* stale UIDs until the sync relearns them */
+		set_state(p, PREFETCH_RUNNING);
+		rc = fetch_batch(p, v, k);
+		if (rc == -EIO) {
+			/* a message that breaks the connection must not stop
+			 * prefetch for ever: the batch again, smaller each
+			 * time (after a backoff), and one that breaks it alone
+			 * twice is left for an open to fetch */
+			p->fails++;
+			p->retry_at_ms = now_ms() + sync_backoff_ms(p->fails);
+			if (k == 1 && p->fails >= 2) {
+				log_warn("prefetch: UID %u in %s skipped: its "
+					 "body breaks the connection",
+					 top, fo->name);
+				p->fails = 0;
+			} else {
+				below = top == UINT32_MAX ? top : top + 1;
+			}
+			p->batch_max = p->batch_max > 1 ? p->batch_max / 2 : 1;
+			rc = 0;
+		} else if (!rc) {
+			p->fails = 0;
+			p->batch_max = p->batch_max * 2 > PF_BATCH_MSGS
+					       ? PF_BATCH_MSGS
+					       : p->batch_max * 2;
+		}
+		update_counts(p, false);
+	}
+	free(v);
+	return rc;
+}
+
+static bool is_inbox(const struct store_folder *f)
+{
+	return !strcasecmp(f->name, "INBOX");
+}
+
+/*
+ * Where the last complete pass over a folder ended (its UIDNEXT then):
+ * the next pass looks only above it, so new mail costs a look at new
+ * mail and not at the whole folder. A pass cut short by a full cache
+ * forgets every mark: what it left is below them.
+ */
+static uint32_t *mark_of(struct prefetch *p, const struct store_folder *f)
+{
+	for (size_t i = 0; i < p->nmarks; i++)
+		if (p->marks[i].folder == f->id) {
+			if (p->marks[i].uidvalidity != f->uidvalidity) {
+				p->marks[i].uidvalidity = f->uidvalidity;
+				p->marks[i].from = 0;
+			}
+			return &p->marks[i].from;
+		}
+	p->marks = xrealloc(p->marks, (p->nmarks + 1) * sizeof(*p->marks));
+	p->marks[p->nmarks].folder = f->id;
+	p->marks[p->nmarks].uidvalidity = f->uidvalidity;
+	p->marks[p->nmarks].from = 0;
+	return &p->marks[p->nmarks++].from;
+}
+
+/* one pass over every folder, INBOX first; 0 when all is cached */
+static int prefetch_pass(struct prefetch *p, int64_t since)
+{
+	struct store_folder *fo = NULL;
+	size_t n = 0;
+	int rc = store_folder_list(p->st, &fo, &n);
+
+	for (int inbox = 1; !rc && inbox >= 0; inbox--)
+		for (size_t i = 0; !rc && i < n; i++) {
+			uint32_t *mark;
+
+			if (is_inbox(&fo[i]) != inbox || fo[i].noselect ||
+			    !fo[i].uidvalidity)
+				continue;
+			mark = mark_of(p, &fo[i]);
+			rc = prefetch_folder(p, &fo[i], *mark, since);
+			if (!rc)
+				*mark = fo[i].uidnext;
+		}
+	if (rc == -ENOSPC)
+		p->nmarks = 0;
+	store_folder_list_free(fo, n);
+	return rc;
+}
+
+static void *prefetch_main(void *arg)
+{
+	struct prefetch *p = arg;
+	struct sync *s = p->s;
+
+	/* the tree first: bodies only once every folder is listed */
+	for (;;) {
+		bool ready;
+
+		pthread_mutex_lock(&s->lock);
+		ready = s->first_sync_done || s->stopping;
+		pthread_mutex_unlock(&s->lock);
+		if (ready || !pf_sleep(p, 1000))
+			break;
+	}
+	long long whole_ms = now_ms(); /* when marks were last forgotten */
+
+	while (!sync_is_stopping(s)) {
+		int64_t since = 0;
+		long long wait;
+		int rc;
+
+		if (s->cfg.prefetch == PREFETCH_RECENT)
+			since = (int64_t)time(NULL) -
+				(int64_t)s->cfg.prefetch_days * 86400;
+		/* now and then a look at whole folders, for what the marks
+		 * cannot see (a body evicted, an open that failed) */
+		if (now_ms() - whole_ms >= PF_REST_MS) {
+			p->nmarks = 0;
+			whole_ms = now_ms();
+		}
+		rc = prefetch_pass(p, since);
+		update_counts(p, true);
+		if (rc == -ESHUTDOWN)
+			break;
+		if (rc == -ENOSPC) {
+			set_state(p, PREFETCH_FULL);
+			wait = PF_FULL_MS;
+		} else if (rc) {
+			set_state(p, PREFETCH_OFFLINE);
+			wait = p->retry_at_ms > now_ms() ? p->retry_at_ms - now_ms()
+							 : 1000;
+		} else {
+			set_state(p, PREFETCH_DONE);
+			/* an idle connection would only be dropped by the
+			 * server: a new one when there is work again */
+			conn_close(p->conn);
+			p->conn = NULL;
+			/* until new mail wakes it */
+			wait = PF_REST_MS;
+		}
+		if (!pf_sleep(p, wait))
+			break;
+	}
+	return NULL;
+}
+
+void prefetch_wake(struct sync *s)
+{
+	pthread_mutex_lock(&s->lock);
+	s->pf.woken = true;
+	pthread_cond_signal(&s->pf.wake);
+	pthread_mutex_unlock(&s->lock);
+}
+
+int prefetch_start(struct sync *s)
+{
+	struct prefetch *p = &s->pf;
+	int rc;
+
+	p->s = s;
+	p->batch_max = PF_BATCH_MSGS;
+	if (s->cfg.prefetch == PREFETCH_NONE) {
+		p->state = PREFETCH_OFF;
+		return 0;
+	}
+	rc = store_open(s->cfg.cache_dir, &p->st);
+	if (!rc)
+		rc = store_cache_only(p->st);
+	if (!rc)
+		rc = -pthread_create(&p->thread, NULL, prefetch_main, p);
+	if (rc) {
+		store_close(p->st);
+		p->st = NULL;
+		return rc;
+	}
+	p->started = true;
+	return 0;
+}
+
+void prefetch_stop(struct sync *s)
+{
+	struct prefetch *p = &s->pf;
+
+	if (!p->started)
+		return;
+	prefetch_wake(s);
+	pthread_join(p->thread, NULL);
+	p->started = false;
+	free(p->marks);
+	p->marks = NULL;
+	p->nmarks = 0;
+	conn_close(p->conn);
+	p->conn = NULL;
+	store_close(p->st);
+	p->st = NULL;
+}
+
+const char *prefetch_state_name(enum prefetch_state st)
+{
+	switch (st) {
+	case PREFETCH_OFF:
+		return "off";
+	case PREFETCH_WAITING:
+		return "waiting for the first sync";
+	case PREFETCH_CONNECTING:
+		return "connecting";
+	case PREFETCH_RUNNING:
+		return "running";
+	case PREFETCH_FULL:
+		return "paused: the cache is full";
+	case PREFETCH_OFFLINE:
+		return "offline";
+	default:
+		return "done";
+	}
+}
