@@ -1373,8 +1373,63 @@ static int test_bodies(void)
 	CHECK_RC(store_msg_delete(s, umid), 0);
 	CHECK(!store_body_cached(s, umid));
 	CHECK_RC(store_body_open(s, umid), -ENOENT);
-	CHECK_RC(store_body_begin(s, 0, &w), -EINVAL);
+	CHECK_RC(store_body_begin(s, -1, &w), -EINVAL);
 	free(data);
+	store_close(s);
+	free(dir);
+	return 0;
+}
+
+/* prefetch's path: bodies not cached listed newest first, writers begun
+ * before their message is known, committed together */
+static int test_bodies_batch(void)
+{
+	char *dir = test_dir("batch");
+	struct store_body_writer *w[3];
+	struct store_uncached u[8];
+	uint64_t cached, known;
+	int64_t folder, umid[5];
+	struct store *s;
+	size_t n, len;
+	char *got;
+
+	CHECK_RC(store_open(dir, &s), 0);
+	folder = add_folder(s, "INBOX");
+	for (int i = 0; i < 5; i++)
+		CHECK_RC(put_msg(s, folder, (uint32_t)(10 + i), "", &umid[i]), 0);
+	CHECK_RC(store_uncached(s, folder, 0, UINT32_MAX, 0, 8, u, &n), 0);
+	CHECK(n == 5 && u[0].uid == 14 && u[4].uid == 10 && u[0].umid == umid[4]);
+	/* a window of UIDs, newest first, at most max */
+	CHECK_RC(store_uncached(s, folder, 11, 14, 0, 2, u, &n), 0);
+	CHECK(n == 2 && u[0].uid == 13 && u[1].uid == 12);
+
+	for (int i = 0; i < 3; i++) {
+		char body[32];
+
+		CHECK_RC(store_body_begin(s, 0, &w[i]), 0);
+		snprintf(body, sizeof(body), "body number %d", i);
+		CHECK_RC(store_body_append(w[i], body, strlen(body)), 0);
+	}
+	/* claimed out of order; the third never claimed is refused */
+	store_body_claim(w[0], umid[3]);
+	store_body_claim(w[1], umid[1]);
+	CHECK_RC(store_body_commit_many(w, 3), 2);
+	CHECK(store_body_cached(s, umid[3]) && store_body_cached(s, umid[1]));
+	CHECK(!store_body_cached(s, umid[0]));
+	got = read_body(s, umid[3], &len);
+	CHECK(got && len == 13 && !memcmp(got, "body number 0", 13));
+	free(got);
+	CHECK_RC(store_body_counts(s, &cached, &known), 0);
+	CHECK(cached == 2 && known == 5);
+	CHECK_RC(store_uncached(s, folder, 0, UINT32_MAX, 0, 8, u, &n), 0);
+	CHECK(n == 3 && u[0].uid == 14 && u[1].uid == 12 && u[2].uid == 10);
+	/* no temporary file left, wherever it was begun */
+	for (int i = 0; i < 256; i++) {
+		char sub[4096];
+
+		snprintf(sub, sizeof(sub), "%s/bodies/%02x", dir, i);
+		CHECK(count_prefix(sub, ".tmp") <= 0);
+	}
 	store_close(s);
 	free(dir);
 	return 0;
@@ -1824,6 +1879,7 @@ static const struct {
 	{ "uids", test_uids },
 	{ "folder_delete", test_folder_delete },
 	{ "bodies", test_bodies },
+	{ "bodies_batch", test_bodies_batch },
 	{ "trim", test_trim },
 	{ "corrupt", test_corrupt },
 	{ "threads", test_threads },
