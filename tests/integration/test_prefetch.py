@@ -4,10 +4,14 @@ on a connection of their own, within nine tenths of cache_size; every
 byte is the server's, and reading them afterwards costs no fetch."""
 
 import datetime as dt
+import errno
 import os
 import re
 
+import pytest
+
 import harness
+import test_body_checks
 
 FETCH_BODY = re.compile(r"UID FETCH (\S+) \(UID BODY\.PEEK\[\]\)", re.I)
 
@@ -146,3 +150,49 @@ def test_new_mail_is_prefetched_and_none_fetches_nothing(fresh_dovecot, mount):
     assert off.status_field("prefetch") == "off"
     assert off.status_field("bodies prefetched") == "0"
     assert not any(files for _, _, files in os.walk(os.path.join(off.cache_dir, "bodies")))
+
+
+@pytest.fixture
+def lying():
+    made = []
+
+    def make(how):
+        s = test_body_checks.Lying()
+        s.how = how
+        for i in range(1, 4):
+            s.add("INBOX", test_body_checks.body(i))
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.cleanup()
+
+
+@pytest.mark.parametrize("how", ["other-uid", "header", "two-bodies", "two-in-one"])
+def test_a_set_fetch_keeps_only_what_the_server_sent_for_each_uid(lying, mount, how):
+    """One UID FETCH 1:3 answered with another UID's body for UID 1, with
+    BODY[HEADER], with an extra body, or with two bodies in one response:
+    each body is kept for the UID its response names, once, whole."""
+    s = lying(how)
+    m = mount(s, options={"prefetch": "all"})
+    harness.wait_until(lambda: m.status_field("prefetch") == "done", 30,
+                       what="prefetch done")
+    assert "prefetch: a FETCH response in INBOX refused" in m.stderr(), m.stderr()[-2000:]
+    f = test_body_checks.files(m)
+    # UID 1's own body came only where one response held it alone
+    want_cached = 3 if how == "two-bodies" else 2
+    assert status_counts(m) == (want_cached, 3)
+    fetched = m.bodies_fetched()
+    for uid in (2, 3):
+        with open(f[uid], "rb") as fh:
+            assert fh.read() == s.folders["INBOX"][uid - 1].data
+    if how == "two-bodies":
+        with open(f[1], "rb") as fh:
+            assert fh.read() == s.folders["INBOX"][0].data
+    else:
+        with pytest.raises(OSError) as e:
+            with open(f[1], "rb") as fh:
+                fh.read()
+        assert e.value.errno == errno.EIO
+    # the two others were read from the cache
+    assert m.bodies_fetched() == fetched
