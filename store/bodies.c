@@ -205,16 +205,9 @@ int store_body_begin(struct store *s, int64_t umid,
 	rc = body_dir(s, umid, w->dir);
 	if (rc)
 		goto out_free;
-	if (!mkdir(w->dir, 0700)) {
-		/* umask may have taken bits that 0700 asked for */
-		chmod(w->dir, 0700);
-	} else if (errno != EEXIST) {
-		rc = -errno;
-		log_error("cannot create directory %s: %s", w->dir,
-			  strerror(errno));
-		goto out_free;
-	}
-	/* same directory as the target, so that rename is atomic */
+	/* same directory as the target (or, for a message not known yet,
+	 * the same filesystem), so that rename is atomic; the directory is
+	 * made the first time it is missing, not tried each time */
 	for (tries = 0; tries < 100; tries++) {
 		int n = snprintf(w->tmp, sizeof(w->tmp), "%s/.tmp-%lld-%d-%u",
 				 w->dir, (long long)umid, (int)getpid(),
@@ -228,6 +221,18 @@ int store_body_begin(struct store *s, int64_t umid,
 			     O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC |
 				     O_NOFOLLOW,
 			     0600);
+		if (w->fd < 0 && errno == ENOENT && !tries) {
+			if (!mkdir(w->dir, 0700)) {
+				/* umask may have taken bits 0700 asked for */
+				chmod(w->dir, 0700);
+			} else if (errno != EEXIST) {
+				rc = -errno;
+				log_error("cannot create directory %s: %s",
+					  w->dir, strerror(errno));
+				goto out_free;
+			}
+			continue;
+		}
 		if (w->fd >= 0 || errno != EEXIST)
 			break;
 	}
@@ -236,12 +241,8 @@ int store_body_begin(struct store *s, int64_t umid,
 		log_error("cannot create %s: %s", w->tmp, strerror(errno));
 		goto out_free;
 	}
-	if (fchmod(w->fd, 0600)) {
-		rc = -errno;
-		log_error("cannot chmod %s: %s", w->tmp, strerror(errno));
-		store_body_abort(w);
-		return rc;
-	}
+	/* 0600 less the umask is owner-only whatever the umask, and the
+	 * descriptor writes whatever mode the file got */
 	*out = w;
 	return 0;
 
@@ -343,11 +344,14 @@ int store_body_commit_many(struct store_body_writer **w, size_t n)
 	 * must be whole on disk before a name (and a row) says they are
 	 * cached, and a journal commit per body is what makes a body
 	 * cost more than its bytes */
-	for (size_t i = 0; i < n && !rc; i++)
-		if (!w[i]->err && syncfs(w[i]->fd)) {
-			rc = -errno;
-			log_error("cannot sync the body cache: %s",
-				  strerror(errno));
+	for (size_t i = 0; i < n; i++)
+		if (!w[i]->err) {
+			if (syncfs(w[i]->fd)) {
+				rc = -errno;
+				log_error("cannot sync the body cache: %s",
+					  strerror(errno));
+			}
+			break;
 		}
 	for (size_t i = 0; i < n; i++) {
 		int err = rc ? rc : w[i]->err;

@@ -40,6 +40,8 @@ struct pf_batch {
 	size_t n;
 	bool *got;
 	struct store_body_writer *cur; /* the body now arriving */
+	uint64_t cur_len; /* its bytes so far */
+	uint64_t *len; /* the length of each body kept */
 	struct store_body_writer **done; /* whole bodies of asked UIDs */
 	size_t ndone;
 	unsigned refused; /* responses that were not one BODY[] */
@@ -141,6 +143,7 @@ static int on_bytes(const char *bytes, size_t len, void *ctx)
 		}
 	}
 	rc = store_body_append(b->cur, bytes, len);
+	b->cur_len += len;
 	if (rc) {
 		b->err = rc;
 		store_body_abort(b->cur);
@@ -158,6 +161,7 @@ static void on_end(uint32_t uid, enum imap_body_kind kind, void *ctx)
 	m = bsearch(&key, b->v, b->n, sizeof(*b->v), cmp_uid);
 	if (b->cur && kind == IMAP_BODY_WHOLE && m && !b->got[m - b->v]) {
 		b->got[m - b->v] = true;
+		b->len[m - b->v] = b->cur_len;
 		store_body_claim(b->cur, m->umid);
 		b->done[b->ndone++] = b->cur;
 	} else if (b->cur || kind != IMAP_BODY_WHOLE) {
@@ -177,24 +181,24 @@ static void on_end(uint32_t uid, enum imap_body_kind kind, void *ctx)
 		store_body_abort(b->cur);
 	}
 	b->cur = NULL;
+	b->cur_len = 0;
 }
 
-/* tell fs/ of bodies whose length is not what RFC822.SIZE said */
-static void sizes_changed(struct prefetch *p, const struct store_uncached *v,
-			  const bool *got, size_t n)
+/* tell fs/ of bodies whose length is not what RFC822.SIZE said: the
+ * kernel holds the old size and would cut reads at it */
+static void sizes_changed(struct prefetch *p, const struct pf_batch *b)
 {
-	for (size_t i = 0; i < n && p->s->changed; i++) {
+	for (size_t i = 0; i < b->n && p->s->changed; i++) {
 		struct store_msg m = { 0 };
 
-		if (!got[i] || store_msg_get(p->st, v[i].umid, &m))
+		if (!b->got[i] || b->len[i] == b->v[i].size ||
+		    store_msg_get(p->st, b->v[i].umid, &m))
 			continue;
-		if (m.real_size >= 0 && (uint64_t)m.real_size != v[i].size) {
-			struct sync_change c = { .kind = SYNC_MESSAGE_SIZE,
-						 .folder = m.folder,
-						 .msg = &m };
+		struct sync_change c = { .kind = SYNC_MESSAGE_SIZE,
+					 .folder = m.folder,
+					 .msg = &m };
 
-			p->s->changed(&c, p->s->changed_aux);
-		}
+		p->s->changed(&c, p->s->changed_aux);
 		store_msg_release(&m);
 	}
 }
@@ -212,7 +216,7 @@ static int fetch_batch(struct prefetch *p, struct store_uncached *v, size_t n)
 	struct pf_batch b = { .p = p, .v = v, .n = n };
 	struct imap_bodies cb = { .bytes = on_bytes, .end = on_end,
 				  .ctx = &b };
-	long long t0 = now_ms();
+	long long t0 = now_ms(), t1;
 	size_t nr = 0, take, got = 0;
 	uint64_t bytes = 0;
 	int g, rc = 0;
@@ -225,8 +229,10 @@ static int fetch_batch(struct prefetch *p, struct store_uncached *v, size_t n)
 	take = imap_uid_ranges(uids, n, UINT32_MAX, IMAP_SET_MAX_TEXT, r, &nr);
 	b.n = n = take;
 	b.got = xcalloc(n, sizeof(*b.got));
+	b.len = xcalloc(n, sizeof(*b.len));
 	b.done = xcalloc(n, sizeof(*b.done));
 	g = imap_fetch_bodies(p->conn, r, nr, &cb);
+	t1 = now_ms();
 	store_body_abort(b.cur);
 	b.cur = NULL;
 	if (g == IMAP_CONN_BAD || g == IMAP_CANCELLED) {
@@ -249,7 +255,7 @@ static int fetch_batch(struct prefetch *p, struct store_uncached *v, size_t n)
 			memset(b.got, 0, n * sizeof(*b.got));
 			rc = kept == -ENOSPC ? -ENOSPC : rc;
 		} else {
-			sizes_changed(p, v, b.got, n);
+			sizes_changed(p, &b);
 		}
 	}
 	if (!rc && b.err == -ENOSPC)
@@ -259,6 +265,10 @@ static int fetch_batch(struct prefetch *p, struct store_uncached *v, size_t n)
 			bytes += v[i].size;
 			got++;
 		}
+	log_debug("prefetch: %zu of %zu bodies in %s, %llu bytes: fetched in "
+		  "%lld ms, kept in %lld ms", got, n,
+		  p->conn->selected ? p->conn->selected : "?",
+		  (unsigned long long)bytes, t1 - t0, now_ms() - t1);
 	if (bytes) {
 		long long dt = now_ms() - t0;
 
@@ -272,6 +282,7 @@ static int fetch_batch(struct prefetch *p, struct store_uncached *v, size_t n)
 		atomic_fetch_add(&p->s->bodies_prefetched, got);
 	}
 	free(b.got);
+	free(b.len);
 	free(b.done);
 	free(uids);
 	free(r);
@@ -438,7 +449,7 @@ static void *prefetch_main(void *arg)
 		pthread_mutex_lock(&s->lock);
 		ready = s->first_sync_done || s->stopping;
 		pthread_mutex_unlock(&s->lock);
-		if (ready || !pf_sleep(p, 1000))
+		if (ready || !pf_sleep(p, 5000))
 			break;
 	}
 	long long whole_ms = now_ms(); /* when marks were last forgotten */

@@ -690,6 +690,8 @@ static void finish_round(struct sync *s)
 	s->first_sync_done = true;
 	s->syncing = s->refresh_asked;
 	pthread_mutex_unlock(&s->lock);
+	/* the first sync done: bodies may come */
+	prefetch_wake(s);
 	if (rc && rc != -ENOTCONN && rc != -ECANCELED)
 		log_debug("round ended with %s", strerror(-rc));
 }
