@@ -333,7 +333,8 @@ static int place(struct store_body_writer *w, const char *path)
 	return rc;
 }
 
-int store_body_commit_many(struct store_body_writer **w, size_t n)
+int store_body_commit_many(struct store *s, struct store_body_writer **w,
+			   size_t n)
 {
 	char path[PATH_MAX];
 	size_t placed = 0;
@@ -373,13 +374,13 @@ int store_body_commit_many(struct store_body_writer **w, size_t n)
 	}
 	if (!placed)
 		return rc;
-	rc = store_tx_own(w[0]->s, &own);
+	rc = store_tx_own(s, &own);
 	for (size_t i = 0; i < placed && !rc; i++) {
-		rc = body_row_put(w[i]->s, w[i]->umid, w[i]->size);
+		rc = body_row_put(s, w[i]->umid, w[i]->size);
 		if (!rc)
-			set_real_size(w[i]->s, w[i]->umid, w[i]->size);
+			set_real_size(s, w[i]->umid, w[i]->size);
 	}
-	rc = store_tx_end(w[0]->s, own, rc);
+	rc = store_tx_end(s, own, rc);
 	for (size_t i = 0; i < placed; i++) {
 		/* not accounted for: not cached */
 		if (rc && !store_body_path(w[i]->s, w[i]->umid, path))

@@ -489,10 +489,13 @@ void store_body_claim(struct store_body_writer *w, int64_t umid);
 /*
  * store_body_commit_many - commit the @n writers @w at once: the files
  * made durable by one syncfs, renamed into place, and their rows
- * written in one transaction (the caller's, if open). Frees every
- * writer. Returns how many were committed, or -errno (then none is).
+ * written in one transaction on @s (the caller's, if open; @s may be
+ * another connection to the same store than the writers were begun
+ * on, for another thread). Frees every writer. Returns how many were
+ * committed, or -errno (then none is).
  */
-int store_body_commit_many(struct store_body_writer **w, size_t n);
+int store_body_commit_many(struct store *s, struct store_body_writer **w,
+			   size_t n);
 
 /* a message whose body is not cached, for prefetch */
 struct store_uncached {

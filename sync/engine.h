@@ -76,6 +76,15 @@ struct prefetch {
 	} *marks; /* owned */
 	size_t nmarks;
 	pthread_cond_t wake; /* with s->lock: new mail, or stop */
+	/* the keeper: a thread with a store of its own (cst) that keeps
+	 * the batch just fetched while the next one comes */
+	pthread_t keeper;
+	struct store *cst;
+	pthread_cond_t kept; /* with s->lock: a job given, taken, or stop */
+	struct pf_job *job; /* guarded: the batch given, until kept */
+	bool keeping, keeper_stop; /* guarded */
+	int keep_rc; /* guarded: the last keep's failure, until drained */
+	uint64_t inflight; /* guarded: bytes of the job */
 	/* guarded by s->lock */
 	bool woken;
 	enum prefetch_state state;

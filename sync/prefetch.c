@@ -4,7 +4,8 @@
  * (INBOX first), newest message first, and fetches the bodies not yet
  * cached many at a time: one UID FETCH of a set of UIDs per batch, the
  * bytes streamed to disk as they come, the batch made durable by one
- * syncfs and recorded in one transaction. A reader never waits behind
+ * syncfs and recorded in one transaction, by a second thread while the
+ * next batch comes. A reader never waits behind
  * it: opens go to the fetchers' connections (fetch.c). It stops at nine
  * tenths of the cache budget, so it never evicts what was read, and
  * leaves the rest to on-demand fetches; new mail wakes it.
@@ -184,15 +185,33 @@ static void on_end(uint32_t uid, enum imap_body_kind kind, void *ctx)
 	b->cur_len = 0;
 }
 
+/*
+ * Keeping a batch (one syncfs, a rename each, one transaction) takes
+ * about half as long as fetching it: a thread of its own keeps batch k
+ * while batch k+1 comes over the wire. One batch waits at most.
+ */
+struct pf_kept {
+	int64_t umid;
+	uint64_t len; /* the body's real length */
+	uint64_t said; /* RFC822.SIZE */
+};
+struct pf_job {
+	struct store_body_writer **w;
+	struct pf_kept *k;
+	size_t n;
+	uint64_t bytes;
+	long long t0; /* when its fetch began, for the rate */
+};
+
 /* tell fs/ of bodies whose length is not what RFC822.SIZE said: the
  * kernel holds the old size and would cut reads at it */
-static void sizes_changed(struct prefetch *p, const struct pf_batch *b)
+static void sizes_changed(struct prefetch *p, const struct pf_job *j)
 {
-	for (size_t i = 0; i < b->n && p->s->changed; i++) {
+	for (size_t i = 0; i < j->n && p->s->changed; i++) {
 		struct store_msg m = { 0 };
 
-		if (!b->got[i] || b->len[i] == b->v[i].size ||
-		    store_msg_get(p->st, b->v[i].umid, &m))
+		if (j->k[i].len == j->k[i].said ||
+		    store_msg_get(p->cst, j->k[i].umid, &m))
 			continue;
 		struct sync_change c = { .kind = SYNC_MESSAGE_SIZE,
 					 .folder = m.folder,
@@ -203,11 +222,101 @@ static void sizes_changed(struct prefetch *p, const struct pf_batch *b)
 	}
 }
 
+static void keep(struct prefetch *p, struct pf_job *j)
+{
+	long long t1 = now_ms();
+	int kept = store_body_commit_many(p->cst, j->w, j->n);
+
+	log_debug("prefetch: %zu bodies, %llu bytes kept in %lld ms", j->n,
+		  (unsigned long long)j->bytes, now_ms() - t1);
+	if (kept < 0) {
+		pthread_mutex_lock(&p->s->lock);
+		p->keep_rc = kept;
+		pthread_mutex_unlock(&p->s->lock);
+		return;
+	}
+	sizes_changed(p, j);
+	long long dt = now_ms() - j->t0;
+
+	pthread_mutex_lock(&p->s->lock);
+	p->bytes += j->bytes;
+	/* the rate of the last batches, smoothed */
+	if (dt > 0)
+		p->rate = p->rate ? (p->rate * 3 + j->bytes * 1000 / dt) / 4
+				  : j->bytes * 1000 / dt;
+	pthread_mutex_unlock(&p->s->lock);
+	atomic_fetch_add(&p->s->bodies_prefetched, (unsigned long long)kept);
+}
+
+static void *keeper_main(void *arg)
+{
+	struct prefetch *p = arg;
+	struct sync *s = p->s;
+
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		struct pf_job *j;
+
+		while (!p->job && !p->keeper_stop)
+			pthread_cond_wait(&p->kept, &s->lock);
+		if (!p->job)
+			break;
+		j = p->job;
+		p->keeping = true;
+		pthread_mutex_unlock(&s->lock);
+		keep(p, j);
+		free(j->w);
+		free(j->k);
+		free(j);
+		pthread_mutex_lock(&s->lock);
+		p->job = NULL;
+		p->keeping = false;
+		p->inflight = 0;
+		pthread_cond_broadcast(&p->kept);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+/* wait until the keeper holds no batch; its failure (-ENOSPC) then */
+static int keeper_drain(struct prefetch *p)
+{
+	int rc;
+
+	pthread_mutex_lock(&p->s->lock);
+	while (p->job)
+		pthread_cond_wait(&p->kept, &p->s->lock);
+	rc = p->keep_rc;
+	p->keep_rc = 0;
+	pthread_mutex_unlock(&p->s->lock);
+	return rc;
+}
+
+/* hand a batch to the keeper, once it is done with the last one */
+static int keeper_give(struct prefetch *p, struct pf_job *j)
+{
+	int rc = keeper_drain(p);
+
+	if (rc) {
+		for (size_t i = 0; i < j->n; i++)
+			store_body_abort(j->w[i]);
+		free(j->w);
+		free(j->k);
+		free(j);
+		return rc;
+	}
+	pthread_mutex_lock(&p->s->lock);
+	p->job = j;
+	p->inflight = j->bytes;
+	pthread_cond_broadcast(&p->kept);
+	pthread_mutex_unlock(&p->s->lock);
+	return 0;
+}
+
 /*
  * One batch: @v's @n messages of the folder selected (sorted by UID
- * here).
- * Returns 0 (whatever the server had of them is cached), -ENOSPC, or
- * -EIO when the connection was lost.
+ * here), fetched; what came whole goes to the keeper. Returns 0,
+ * -ENOSPC, or -EIO when the connection was lost.
  */
 static int fetch_batch(struct prefetch *p, struct store_uncached *v, size_t n)
 {
@@ -216,9 +325,9 @@ static int fetch_batch(struct prefetch *p, struct store_uncached *v, size_t n)
 	struct pf_batch b = { .p = p, .v = v, .n = n };
 	struct imap_bodies cb = { .bytes = on_bytes, .end = on_end,
 				  .ctx = &b };
-	long long t0 = now_ms(), t1;
-	size_t nr = 0, take, got = 0;
-	uint64_t bytes = 0;
+	long long t0 = now_ms();
+	size_t nr = 0, take;
+	struct pf_job *j;
 	int g, rc = 0;
 
 	qsort(v, n, sizeof(*v), cmp_uid);
@@ -232,54 +341,41 @@ static int fetch_batch(struct prefetch *p, struct store_uncached *v, size_t n)
 	b.len = xcalloc(n, sizeof(*b.len));
 	b.done = xcalloc(n, sizeof(*b.done));
 	g = imap_fetch_bodies(p->conn, r, nr, &cb);
-	t1 = now_ms();
 	store_body_abort(b.cur);
 	b.cur = NULL;
-	if (g == IMAP_CONN_BAD || g == IMAP_CANCELLED) {
+	log_debug("prefetch: %zu of %zu bodies in %s fetched in %lld ms",
+		  b.ndone, n, p->conn->selected ? p->conn->selected : "?",
+		  now_ms() - t0);
+	if (g != IMAP_OK) {
+		/* the connection lost, or NO or BAD for the set: nothing of
+		 * it is kept, and the messages wait for the next try or an
+		 * open */
 		for (size_t i = 0; i < b.ndone; i++)
 			store_body_abort(b.done[i]);
 		b.ndone = 0;
-		rc = cb.cb_rc == -ENOSPC || b.err == -ENOSPC ? -ENOSPC : -EIO;
-	} else if (g != IMAP_OK) {
-		/* NO or BAD for the set: nothing of it is kept, and the
-		 * messages wait for an open */
-		for (size_t i = 0; i < b.ndone; i++)
-			store_body_abort(b.done[i]);
-		b.ndone = 0;
-		memset(b.got, 0, n * sizeof(*b.got));
-	}
-	if (b.ndone) {
-		int kept = store_body_commit_many(b.done, b.ndone);
-
-		if (kept < 0) {
-			memset(b.got, 0, n * sizeof(*b.got));
-			rc = kept == -ENOSPC ? -ENOSPC : rc;
-		} else {
-			sizes_changed(p, &b);
-		}
+		if (g == IMAP_CONN_BAD || g == IMAP_CANCELLED)
+			rc = cb.cb_rc == -ENOSPC || b.err == -ENOSPC ? -ENOSPC
+								     : -EIO;
 	}
 	if (!rc && b.err == -ENOSPC)
 		rc = -ENOSPC;
-	for (size_t i = 0; i < n; i++)
-		if (b.got[i]) {
-			bytes += v[i].size;
-			got++;
+	if (b.ndone) {
+		j = xcalloc(1, sizeof(*j));
+		j->w = b.done;
+		j->k = xcalloc(b.ndone, sizeof(*j->k));
+		j->t0 = t0;
+		for (size_t i = 0; i < n; i++) {
+			if (!b.got[i])
+				continue;
+			j->k[j->n].umid = v[i].umid;
+			j->k[j->n].len = b.len[i];
+			j->k[j->n].said = v[i].size;
+			j->bytes += b.len[i];
+			j->n++;
 		}
-	log_debug("prefetch: %zu of %zu bodies in %s, %llu bytes: fetched in "
-		  "%lld ms, kept in %lld ms", got, n,
-		  p->conn->selected ? p->conn->selected : "?",
-		  (unsigned long long)bytes, t1 - t0, now_ms() - t1);
-	if (bytes) {
-		long long dt = now_ms() - t0;
-
-		pthread_mutex_lock(&p->s->lock);
-		p->bytes += bytes;
-		/* the rate of the last batches, smoothed */
-		if (dt > 0)
-			p->rate = p->rate ? (p->rate * 3 + bytes * 1000 / dt) / 4
-					  : bytes * 1000 / dt;
-		pthread_mutex_unlock(&p->s->lock);
-		atomic_fetch_add(&p->s->bodies_prefetched, got);
+		b.done = NULL;
+		if (keeper_give(p, j) == -ENOSPC)
+			rc = -ENOSPC;
 	}
 	free(b.got);
 	free(b.len);
@@ -298,6 +394,10 @@ static uint64_t room(struct prefetch *p)
 		return UINT64_MAX;
 	if (store_body_total(p->st, &total))
 		return 0;
+	/* and the batch the keeper still holds */
+	pthread_mutex_lock(&p->s->lock);
+	total += p->inflight;
+	pthread_mutex_unlock(&p->s->lock);
 	return total < limit ? limit - total : 0;
 }
 
@@ -469,6 +569,9 @@ static void *prefetch_main(void *arg)
 			whole_ms = now_ms();
 		}
 		rc = prefetch_pass(p, since);
+		/* the last batch kept before the counts and the state */
+		if (keeper_drain(p) == -ENOSPC && !rc)
+			rc = -ENOSPC;
 		update_counts(p, true);
 		if (rc == -ESHUTDOWN)
 			break;
@@ -517,10 +620,25 @@ int prefetch_start(struct sync *s)
 	if (!rc)
 		rc = store_cache_only(p->st);
 	if (!rc)
+		rc = store_open(s->cfg.cache_dir, &p->cst);
+	if (!rc)
+		rc = store_cache_only(p->cst);
+	if (!rc)
+		rc = -pthread_create(&p->keeper, NULL, keeper_main, p);
+	if (!rc) {
 		rc = -pthread_create(&p->thread, NULL, prefetch_main, p);
+		if (rc) {
+			pthread_mutex_lock(&s->lock);
+			p->keeper_stop = true;
+			pthread_cond_broadcast(&p->kept);
+			pthread_mutex_unlock(&s->lock);
+			pthread_join(p->keeper, NULL);
+		}
+	}
 	if (rc) {
 		store_close(p->st);
-		p->st = NULL;
+		store_close(p->cst);
+		p->st = p->cst = NULL;
 		return rc;
 	}
 	p->started = true;
@@ -535,6 +653,12 @@ void prefetch_stop(struct sync *s)
 		return;
 	prefetch_wake(s);
 	pthread_join(p->thread, NULL);
+	/* the batch it holds is kept: its bodies are whole */
+	pthread_mutex_lock(&s->lock);
+	p->keeper_stop = true;
+	pthread_cond_broadcast(&p->kept);
+	pthread_mutex_unlock(&s->lock);
+	pthread_join(p->keeper, NULL);
 	p->started = false;
 	free(p->marks);
 	p->marks = NULL;
@@ -542,7 +666,8 @@ void prefetch_stop(struct sync *s)
 	conn_close(p->conn);
 	p->conn = NULL;
 	store_close(p->st);
-	p->st = NULL;
+	store_close(p->cst);
+	p->st = p->cst = NULL;
 }
 
 const char *prefetch_state_name(enum prefetch_state st)

@@ -48,6 +48,7 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->fetch_wake, NULL);
 	pthread_cond_init(&s->pf.wake, NULL);
+	pthread_cond_init(&s->pf.kept, NULL);
 	pthread_cond_init(&s->fetch_done, NULL);
 	s->jobs = jobq_new();
 
@@ -937,6 +938,7 @@ void sync_free(struct sync *s)
 	pthread_cond_destroy(&s->fetch_wake);
 	pthread_cond_destroy(&s->fetch_done);
 	pthread_cond_destroy(&s->pf.wake);
+	pthread_cond_destroy(&s->pf.kept);
 	free(s);
 }
 

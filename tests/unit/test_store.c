@@ -1413,7 +1413,7 @@ static int test_bodies_batch(void)
 	/* claimed out of order; the third never claimed is refused */
 	store_body_claim(w[0], umid[3]);
 	store_body_claim(w[1], umid[1]);
-	CHECK_RC(store_body_commit_many(w, 3), 2);
+	CHECK_RC(store_body_commit_many(s, w, 3), 2);
 	CHECK(store_body_cached(s, umid[3]) && store_body_cached(s, umid[1]));
 	CHECK(!store_body_cached(s, umid[0]));
 	got = read_body(s, umid[3], &len);
