@@ -536,6 +536,38 @@ static int open_body(struct fs *fs, int64_t umid)
 	return fd;
 }
 
+static void reply_open(fuse_req_t req, struct fuse_file_info *fi, int fd)
+{
+	if (fd < 0) {
+		/* gone, or the cache's disk full: said as such; any other
+		 * failure to bring the body is an I/O error */
+		fuse_reply_err(req, fd == -ENOENT || fd == -ENOSPC ? -fd : EIO);
+		return;
+	}
+	fi->fh = (uint64_t)fd;
+	/* the content never changes: the page cache may keep it */
+	fi->keep_cache = 1;
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		close(fd); /* interrupted: nobody will release it */
+}
+
+/* an open waiting for its body to be fetched */
+struct pending_open {
+	struct fs *fs;
+	fuse_req_t req;
+	fuse_ino_t ino;
+	struct fuse_file_info fi;
+};
+
+static void body_fetched(int rc, void *aux)
+{
+	struct pending_open *po = aux;
+
+	reply_open(po->req, &po->fi,
+		   rc ? rc : open_body(po->fs, (int64_t)po->ino));
+	free(po);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
@@ -573,20 +605,21 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	store_msg_release(&m);
 	fd = open_body(fs, (int64_t)ino);
 	if (fd == -ENOENT) {
-		rc = sync_fetch_body(fs->sync, (int64_t)ino);
-		fd = rc ? rc : open_body(fs, (int64_t)ino);
+		/* not cached: answered when the body is, from a fetcher,
+		 * so this worker is free for others meanwhile */
+		struct pending_open *po = xcalloc(1, sizeof(*po));
+
+		po->fs = fs;
+		po->req = req;
+		po->ino = ino;
+		po->fi = *fi;
+		rc = sync_fetch_body(fs->sync, (int64_t)ino, body_fetched, po);
+		if (!rc)
+			return;
+		free(po);
+		fd = rc;
 	}
-	if (fd < 0) {
-		/* gone, or the cache's disk full: said as such; any other
-		 * failure to bring the body is an I/O error */
-		fuse_reply_err(req, fd == -ENOENT || fd == -ENOSPC ? -fd : EIO);
-		return;
-	}
-	fi->fh = (uint64_t)fd;
-	/* the content never changes: the page cache may keep it */
-	fi->keep_cache = 1;
-	if (fuse_reply_open(req, fi) == -ENOENT)
-		close(fd); /* interrupted: nobody will release it */
+	reply_open(req, fi, fd);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,

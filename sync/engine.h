@@ -21,13 +21,21 @@
 #define SYNC_FLAGS_PER_BATCH 5
 #define FETCHERS 2
 
+/* a reader waiting for a body: told once, by a fetcher, the reaper or
+ * the stop */
+struct fetch_waiter {
+	sync_fetched_fn *fn;
+	void *aux;
+	long long joined; /* when it asked */
+	int64_t umid; /* for the reaper's log line */
+	struct fetch_waiter *next;
+};
+
 /* a body asked for by readers; queued first come, first served */
 struct fetch_req {
 	int64_t umid;
-	int rc; /* valid once done */
-	bool done;
 	bool taken; /* a fetcher is working on it */
-	unsigned waiters;
+	struct fetch_waiter *waiters;
 	/* when it was asked for, then when its bytes last came: its
 	 * waiters give up (EIO) a timeout after it */
 	long long progress_ms;
@@ -189,7 +197,9 @@ struct sync {
 
 	pthread_mutex_t lock; /* guards everything below */
 	pthread_cond_t fetch_wake; /* fetchers: a request or stop */
-	pthread_cond_t fetch_done; /* waiters: a request finished */
+	pthread_cond_t fetch_done; /* the reaper: stop */
+	pthread_t reaper; /* gives readers past their deadline EIO */
+	bool reaper_started;
 	bool stopping;
 	bool refresh_asked;
 	enum conn_state conn_state;

@@ -187,12 +187,12 @@ static struct fetch_req *next_request(struct sync *s)
 	for (struct fetch_req **p = &s->queue; *p;) {
 		struct fetch_req *r = *p;
 
-		if (!r->taken && !r->done && !r->waiters) {
+		if (!r->taken && !r->waiters) {
 			*p = r->next;
 			free(r);
 			continue;
 		}
-		if (!r->taken && !r->done)
+		if (!r->taken)
 			return r;
 		p = &r->next;
 	}
@@ -208,6 +208,18 @@ static void unlink_req(struct sync *s, struct fetch_req *req)
 		}
 }
 
+/* tell each of @w's readers @rc (outside the lock: they reply to FUSE) */
+static void answer(struct fetch_waiter *w, int rc)
+{
+	while (w) {
+		struct fetch_waiter *next = w->next;
+
+		w->fn(rc, w->aux);
+		free(w);
+		w = next;
+	}
+}
+
 static void *fetcher_main(void *arg)
 {
 	struct fetcher *f = arg;
@@ -216,6 +228,7 @@ static void *fetcher_main(void *arg)
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
 		struct fetch_req *req = NULL;
+		struct fetch_waiter *w;
 		int rc;
 
 		while (!s->stopping && !(req = next_request(s))) {
@@ -248,24 +261,23 @@ static void *fetcher_main(void *arg)
 		}
 
 		pthread_mutex_lock(&s->lock);
-		req->rc = rc;
-		req->done = true;
-		if (!req->waiters) {
-			unlink_req(s, req);
-			free(req);
-		}
-		pthread_cond_broadcast(&s->fetch_done);
+		w = req->waiters;
+		req->waiters = NULL;
+		unlink_req(s, req);
+		pthread_mutex_unlock(&s->lock);
+		answer(w, rc);
+		free(req);
+		pthread_mutex_lock(&s->lock);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return NULL;
 }
 
-int sync_fetch_body(struct sync *s, int64_t umid)
+int sync_fetch_body(struct sync *s, int64_t umid, sync_fetched_fn *fn,
+		    void *aux)
 {
+	struct fetch_waiter *w;
 	struct fetch_req *req;
-	long long limit = (long long)s->cfg.timeout * 1000;
-	long long joined = now_ms();
-	int rc;
 
 	pthread_mutex_lock(&s->lock);
 	if (s->stopping) {
@@ -273,7 +285,7 @@ int sync_fetch_body(struct sync *s, int64_t umid)
 		return -ESHUTDOWN;
 	}
 	for (req = s->queue; req; req = req->next)
-		if (req->umid == umid && !req->done)
+		if (req->umid == umid)
 			break;
 	if (!req) {
 		struct fetch_req **tail = &s->queue;
@@ -287,37 +299,79 @@ int sync_fetch_body(struct sync *s, int64_t umid)
 		*tail = req;
 		pthread_cond_signal(&s->fetch_wake);
 	}
-	req->waiters++;
-	while (!req->done && !s->stopping) {
-		struct timespec ts;
+	w = xcalloc(1, sizeof(*w));
+	w->fn = fn;
+	w->aux = aux;
+	w->joined = now_ms();
+	w->next = req->waiters;
+	req->waiters = w;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
 
-		/* each reader its own deadline: a timeout after it asked,
-		 * or after its body last made progress */
-		if (now_ms() - (joined > req->progress_ms ? joined
-							  : req->progress_ms) >
-		    limit)
-			break;
+/*
+ * The reaper: every reader its own deadline, a timeout after it asked or
+ * after its body last made progress, whatever the fetchers are stuck
+ * in; past it the reader gets EIO and the request, if nobody waits for
+ * it any more and no fetcher has it, goes.
+ */
+static void *reaper_main(void *arg)
+{
+	struct sync *s = arg;
+	long long limit = (long long)s->cfg.timeout * 1000;
+
+	pthread_mutex_lock(&s->lock);
+	while (!s->stopping) {
+		struct fetch_waiter *late = NULL;
+		struct timespec ts;
+		long long now = now_ms();
+
+		for (struct fetch_req *r = s->queue; r; r = r->next)
+			for (struct fetch_waiter **p = &r->waiters; *p;) {
+				struct fetch_waiter *w = *p;
+				long long since = w->joined > r->progress_ms
+							  ? w->joined
+							  : r->progress_ms;
+
+				if (now - since <= limit) {
+					p = &w->next;
+					continue;
+				}
+				*p = w->next;
+				w->next = late;
+				w->umid = r->umid;
+				late = w;
+			}
+		if (late) {
+			pthread_mutex_unlock(&s->lock);
+			for (struct fetch_waiter *w = late; w; w = w->next)
+				log_warn("body of message %lld not fetched in "
+					 "time", (long long)w->umid);
+			answer(late, -EIO);
+			pthread_mutex_lock(&s->lock);
+			continue;
+		}
 		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += 1;
+		ts.tv_nsec += 250 * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
 		pthread_cond_timedwait(&s->fetch_done, &s->lock, &ts);
 	}
-	rc = req->done ? req->rc : (s->stopping ? -ESHUTDOWN : -EIO);
-	if (--req->waiters == 0 && req->done) {
-		unlink_req(s, req);
-		free(req);
-	}
 	pthread_mutex_unlock(&s->lock);
-	if (rc == -EIO)
-		log_warn("body of message %lld not fetched in time",
-			 (long long)umid);
-	return rc;
+	return NULL;
 }
 
 int fetch_start(struct sync *s)
 {
+	int rc = -pthread_create(&s->reaper, NULL, reaper_main, s);
+
+	if (rc)
+		return rc;
+	s->reaper_started = true;
 	for (int i = 0; i < FETCHERS; i++) {
 		struct fetcher *f = &s->fetchers[i];
-		int rc;
 
 		f->s = s;
 		rc = store_open(s->cfg.cache_dir, &f->st);
@@ -331,6 +385,7 @@ int fetch_start(struct sync *s)
 			pthread_mutex_lock(&s->lock);
 			s->stopping = true;
 			pthread_cond_broadcast(&s->fetch_wake);
+			pthread_cond_broadcast(&s->fetch_done);
 			pthread_mutex_unlock(&s->lock);
 			fetch_stop(s);
 			return rc;
@@ -341,6 +396,8 @@ int fetch_start(struct sync *s)
 
 void fetch_stop(struct sync *s)
 {
+	struct fetch_waiter *left = NULL;
+
 	for (int i = 0; i < FETCHERS; i++) {
 		struct fetcher *f = &s->fetchers[i];
 
@@ -352,23 +409,25 @@ void fetch_stop(struct sync *s)
 		store_close(f->st);
 		f->st = NULL;
 	}
-	/* finish every request: a waiter still holding one frees it when it
-	 * leaves, the others go now */
+	if (s->reaper_started) {
+		pthread_join(s->reaper, NULL);
+		s->reaper_started = false;
+	}
+	/* every reader still waiting is answered */
 	pthread_mutex_lock(&s->lock);
-	for (struct fetch_req **p = &s->queue; *p;) {
-		struct fetch_req *r = *p;
+	while (s->queue) {
+		struct fetch_req *r = s->queue;
 
-		if (!r->done) {
-			r->done = true;
-			r->rc = -ESHUTDOWN;
+		while (r->waiters) {
+			struct fetch_waiter *w = r->waiters;
+
+			r->waiters = w->next;
+			w->next = left;
+			left = w;
 		}
-		if (r->waiters) {
-			p = &r->next;
-			continue;
-		}
-		*p = r->next;
+		s->queue = r->next;
 		free(r);
 	}
-	pthread_cond_broadcast(&s->fetch_done);
 	pthread_mutex_unlock(&s->lock);
+	answer(left, -ESHUTDOWN);
 }

@@ -83,14 +83,20 @@ void sync_stop(struct sync *s);
 void sync_free(struct sync *s);
 
 /*
- * sync_fetch_body - make the body of @umid present in the body cache,
- * fetching it on a fetcher connection if needed. Waits at most the
- * configured timeout. Returns 0 (cached), -ENOENT (the message is gone
- * from the server), -ENOSPC (the cache's disk is full), -EIO (network
- * failure or timeout), -ESHUTDOWN.
- * Thread: any (FUSE workers call it).
+ * sync_fetch_body - ask for the body of @umid in the body cache: it is
+ * fetched on a fetcher connection, requests served first come, first
+ * served, and @fn(rc, @aux) is called once, on a fetcher's or the
+ * sync's own thread, with 0 (cached), -ENOENT (the message is gone from
+ * the server), -ENOSPC (the cache's disk is full), -EIO (network
+ * failure, or no progress for the configured timeout since the call)
+ * or -ESHUTDOWN. @fn must not block for long; it may reply to FUSE.
+ * Returns 0, or -ESHUTDOWN (stopping: @fn is not called). No thread
+ * waits meanwhile, so readers of uncached mail never hold the FUSE
+ * workers that listings need. Thread: any.
  */
-int sync_fetch_body(struct sync *s, int64_t umid);
+typedef void sync_fetched_fn(int rc, void *aux);
+int sync_fetch_body(struct sync *s, int64_t umid, sync_fetched_fn *fn,
+		    void *aux);
 
 /* what the sync knows of one folder, for .convoyfs/status */
 struct sync_folder_status {
