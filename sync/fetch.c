@@ -1,12 +1,13 @@
 /*
- * fetch.c - bodies on demand: a FUSE read of a message not yet cached
- * queues a request; a fetcher thread, on a connection of its own, runs
- * UID FETCH uid BODY.PEEK[] (PEEK: reading never marks mail \Seen),
- * streams the literal into the body cache and commits it atomically.
- * Requests are served first come, first served; a waiter gives up (EIO)
- * when its own request saw no progress for the configured timeout, so
- * a dead server never hangs a read and a crowd of readers cannot keep
- * an old one waiting for ever.
+ * fetch.c - bodies on demand: an open of a message not yet cached
+ * queues a request with a callback and returns; a fetcher thread, on a
+ * connection of its own, runs UID FETCH uid BODY.PEEK[] (PEEK: reading
+ * never marks mail \Seen), streams the literal into the body cache,
+ * commits it atomically and calls back. Requests are served first come,
+ * first served; the reaper thread answers EIO to a reader whose request
+ * saw no progress for the configured timeout since it asked, so a dead
+ * server never hangs a read and a crowd of readers cannot keep an old
+ * one waiting for ever.
  */
 #define LOG_CAT "fetch"
 #include "engine.h"
