@@ -1212,7 +1212,7 @@ static int cmp_u32(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static bool in_ranges(const struct imap_uid_range *v, size_t n, uint32_t u)
+bool imap_in_ranges(const struct imap_uid_range *v, size_t n, uint32_t u)
 {
 	size_t lo = 0, hi = n;
 
@@ -1267,7 +1267,7 @@ int imap_uid_search_set(struct conn *c, const struct imap_uid_range *v,
 		uint32_t u = *(uint32_t *)clist_content(it);
 
 		/* only what was asked: a server may add the highest UID */
-		if (in_ranges(v, n, u))
+		if (imap_in_ranges(v, n, u))
 			out[k++] = u;
 	}
 	mailimap_search_result_free(result);

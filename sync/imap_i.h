@@ -60,6 +60,9 @@ void imap_no_progress(size_t current, size_t maximum, void *ctx);
 /* imap_set_of - the @n ranges @v as a libetpan set */
 struct mailimap_set *imap_set_of(const struct imap_uid_range *v, size_t n);
 
+/* imap_in_ranges - whether @u is in the @n ascending ranges @v */
+bool imap_in_ranges(const struct imap_uid_range *v, size_t n, uint32_t u);
+
 /* imap_read_status - the items of a STATUS reply into @out */
 void imap_read_status(clist *info, struct imap_box *out);
 

@@ -57,23 +57,6 @@ static uint64_t ranges_count(const struct imap_uid_range *v, size_t n)
 	return k;
 }
 
-static bool in_ranges(const struct imap_uid_range *v, size_t n, uint32_t u)
-{
-	size_t lo = 0, hi = n;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (u < v[mid].first)
-			hi = mid;
-		else if (u > v[mid].last)
-			lo = mid + 1;
-		else
-			return true;
-	}
-	return false;
-}
-
 static struct mailimap_set *set_of(const struct imap_uid_range *v, size_t n)
 {
 	struct mailimap_set *set = mailimap_set_new_empty();
@@ -416,7 +399,7 @@ static void take_copyuid(const struct imap_uid_range *v, size_t n,
 	    !expand_set(dst, max, &d, &nd) || ns != nd)
 		goto out_bad;
 	for (size_t i = 0; i < ns; i++)
-		if (!in_ranges(v, n, s[i]))
+		if (!imap_in_ranges(v, n, s[i]))
 			goto out_bad;
 	map->uidvalidity = uv;
 	map->src = s;
@@ -534,7 +517,7 @@ static bool take_modified(struct conn *c, const struct imap_uid_range *v,
 		if (!expand_set(code->cs_data.cs_modified_set, max, &u, &k))
 			return false;
 		for (size_t i = 0; i < k; i++)
-			if (in_ranges(v, n, u[i]))
+			if (imap_in_ranges(v, n, u[i]))
 				u[j++] = u[i];
 		qsort(u, j, sizeof(*u), cmp_u32);
 		if (!j) {
