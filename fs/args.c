@@ -45,6 +45,8 @@ void args_usage(FILE *out)
 	      "(default 60)\n"
 	      "  timeout=SECONDS        longest network wait (default 30)\n"
 	      "  cache_size=MB          bodies kept on disk (default 2048)\n"
+	      "  compress=yes|no        COMPRESS=DEFLATE where the server offers\n"
+	      "                         it (default yes)\n"
 	      "  prefetch=all|recent:DAYS|none\n"
 	      "                         bodies brought in the background after\n"
 	      "                         the first sync, newest first, within\n"
@@ -271,6 +273,13 @@ static int parse_opts(char *opts, struct fs_args *a, struct opt_seen *seen,
 			if (!*v || *end || mb == 0 || mb > (1ULL << 30))
 				goto bad;
 			a->cfg.cache_budget = mb << 20;
+		} else if (!strcmp(o, "compress") && v) {
+			if (!strcmp(v, "yes"))
+				a->cfg.no_compress = false;
+			else if (!strcmp(v, "no"))
+				a->cfg.no_compress = true;
+			else
+				goto bad;
 		} else if (!strcmp(o, "prefetch") && v) {
 			if (!strcmp(v, "all")) {
 				a->cfg.prefetch = PREFETCH_ALL;

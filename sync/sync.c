@@ -44,6 +44,7 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 	s->cfg.horizon = cfg->horizon;
 	s->cfg.prefetch = cfg->prefetch;
 	s->cfg.prefetch_days = cfg->prefetch_days;
+	s->cfg.no_compress = cfg->no_compress;
 	s->batch = SYNC_BATCH;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->fetch_wake, NULL);

@@ -30,6 +30,7 @@ struct sync_config {
 	 * prefetch_days days) or PREFETCH_NONE (on demand only) */
 	enum { PREFETCH_ALL, PREFETCH_RECENT, PREFETCH_NONE } prefetch;
 	unsigned prefetch_days;
+	bool no_compress; /* never COMPRESS=DEFLATE, even where offered */
 };
 
 void sync_config_release(struct sync_config *cfg);

@@ -41,6 +41,17 @@ int tls_open(const struct tls_opts *o, mailstream **out, char *err,
  */
 int tls_start(mailstream *s, char *err, size_t errlen);
 
+/*
+ * deflate_start - from now on @s's bytes go through raw deflate both
+ * ways (COMPRESS=DEFLATE, RFC 4978, after the server's OK): its low
+ * stream is wrapped (sync/deflate.c). 0 or -errno (nothing changed).
+ */
+int deflate_start(mailstream *s);
+/* deflate_inner - the stream @low wraps, and in *@pending the bytes it
+ * holds that will read without the socket; @low itself (and 0) if it is
+ * not a deflate stream */
+mailstream_low *deflate_inner(mailstream_low *low, size_t *pending);
+
 /* tls_pending - bytes already decrypted and buffered, so poll() would
  * not see them. */
 size_t tls_pending(mailstream *s);
@@ -59,6 +70,7 @@ enum conn_cap {
 	CAP_OBJECTID = 1 << 8,
 	CAP_NOTIFY = 1 << 9,
 	CAP_LITERALPLUS = 1 << 10, /* RFC 7888 {n+}: APPENDs pipelined */
+	CAP_COMPRESS = 1 << 11, /* RFC 4978 COMPRESS=DEFLATE */
 };
 
 struct conn {
@@ -68,12 +80,14 @@ struct conn {
 	bool readonly; /* selected with EXAMINE */
 	uint64_t highestmodseq; /* from the last SELECT (CONDSTORE) */
 	bool qresync; /* ENABLE QRESYNC succeeded on this connection */
+	bool compressed; /* COMPRESS DEFLATE is on */
 };
 
 /*
  * conn_open - connect, TLS (implicit, or STARTTLS required for imap://),
  * read the greeting, LOGIN (AUTHENTICATE PLAIN with cfg->auth_plain or
- * when the server says LOGINDISABLED), then probe capabilities again.
+ * when the server says LOGINDISABLED), then probe capabilities again,
+ * and turn on COMPRESS=DEFLATE where offered (unless cfg->no_compress).
  * User and password with CR, LF or NUL are refused (-EINVAL) before
  * anything is sent. On failure one clear
  * line is in @err and the return is as for sync_new().

@@ -711,7 +711,10 @@ out_free:
 static struct tls_stream *tls_of(mailstream *s)
 {
 	mailstream_low *low = s ? mailstream_get_low(s) : NULL;
+	size_t z;
 
+	/* under COMPRESS, ours is the stream deflate wraps */
+	low = deflate_inner(low, &z);
 	if (!low || low->driver != &tls_driver)
 		return NULL;
 	return low->data;
@@ -746,8 +749,12 @@ int tls_start(mailstream *s, char *err, size_t errlen)
 size_t tls_pending(mailstream *s)
 {
 	struct tls_stream *t = tls_of(s);
-	size_t n = s ? s->read_buffer_len : 0;
+	size_t n = s ? s->read_buffer_len : 0, z = 0;
 	int p;
+
+	if (s)
+		deflate_inner(mailstream_get_low(s), &z);
+	n += z;
 
 	if (t && t->tls) {
 		p = SSL_pending(t->ssl);

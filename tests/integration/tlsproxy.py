@@ -5,9 +5,12 @@ server, and passes every server line through rewrite(line) -> bytes
 (None drops it). For what a passthrough proxy cannot do: drop a folder
 from one LIST reply, or make a reply unparsable. It also keeps every
 line the client sent, per connection (sent_lines()), for servers that
-have no rawlog of their own."""
+have no rawlog of their own. It reads lines, so it cannot relay a
+compressed session: COMPRESS=DEFLATE is taken out of every capability
+list it passes on."""
 
 import contextlib
+import re
 import socket
 import ssl
 import threading
@@ -69,8 +72,13 @@ class LineProxy:
             return line
         t = threading.Thread(target=self._pump, args=(down, up, record), daemon=True)
         t.start()
-        self._pump(up, down, self.rewrite)
+        self._pump(up, down, self._server_line)
         t.join(5)
+
+    def _server_line(self, line):
+        if b"CAPABILITY" in line.upper():
+            line = re.sub(rb"(?i) COMPRESS=DEFLATE(?=[ \]\r])", b"", line)
+        return self.rewrite(line) if self.rewrite is not None else line
 
     def _pump(self, src, dst, rewrite):
         f = src.makefile("rb")
