@@ -542,7 +542,11 @@ static void *prefetch_main(void *arg)
 	struct prefetch *p = arg;
 	struct sync *s = p->s;
 
-	/* the tree first: bodies only once every folder is listed */
+	/* the tree first: bodies only once every folder is listed; the
+	 * connection is made meanwhile, so the first batch does not wait
+	 * for a handshake and a login */
+	ensure_conn(p);
+	set_state(p, PREFETCH_WAITING);
 	for (;;) {
 		bool ready;
 
