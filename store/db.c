@@ -233,6 +233,7 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 	[ST_CONV_DELETE] = { "conv_delete",
 		"DELETE FROM conversations WHERE id = ?1" },
 	[ST_SYNC_NORMAL] = { "sync_normal", "PRAGMA synchronous = NORMAL" },
+	[ST_CACHE_BULK] = { "cache_bulk", "PRAGMA cache_size = -16384" },
 
 	/* ---- orphans.c (and the folder and UID helpers beside them) ---- */
 	[ST_MSG_ORPHAN] = { "msg_orphan",
@@ -338,10 +339,10 @@ static const char *const conn_pragmas[] = {
 	 * pages to a temporary file: 3 to 4 writes per message stored.
 	 */
 	"PRAGMA temp_store = MEMORY",
-	/* the indexes a sync batch touches at random stay cached (the
-	 * default 2 MiB spilled them back and forth); memory is taken only
-	 * as pages are used */
-	"PRAGMA cache_size = -16384",
+	/* a page cache of 2 MiB each: a daemon holds a connection per FUSE
+	 * worker, fetcher and the prefetcher, which read and write rows by
+	 * key; the sync thread's takes more (store_bulk) */
+	"PRAGMA cache_size = -2048",
 	/* a checkpoint per ~40 MiB of WAL, not per batch of messages: a page
 	 * changed by several batches is copied back once */
 	"PRAGMA wal_autocheckpoint = 10000",
@@ -379,6 +380,11 @@ int store_errno(int rc)
 int store_cache_only(struct store *s)
 {
 	return store_exec(s, ST_SYNC_NORMAL);
+}
+
+int store_bulk(struct store *s)
+{
+	return store_exec(s, ST_CACHE_BULK);
 }
 
 int store_writes_relaxed(struct store *s)

@@ -66,6 +66,7 @@ enum store_stmt {
 	ST_CONV_DELETE,
 	/* db.c */
 	ST_SYNC_NORMAL,
+	ST_CACHE_BULK,
 	/* orphans.c */
 	ST_MSG_ORPHAN,
 	ST_FOLDER_ORPHAN_ALL,

@@ -851,6 +851,8 @@ int sync_start(struct sync *s)
 	int rc;
 
 	rc = store_open(s->cfg.cache_dir, &s->st);
+	if (!rc)
+		rc = store_bulk(s->st);
 	if (rc)
 		return rc;
 	/* before any fetcher writes a body: what a crash left behind */
