@@ -87,8 +87,8 @@ static void on_att(struct mailimap_msg_att *att, void *ctx)
 	bc->wrong_section = false;
 }
 
-int imap_fetch_bodies(struct conn *c, const struct imap_uid_range *v,
-		      size_t n, struct imap_bodies *b)
+static int fetch_set(struct conn *c, const struct imap_uid_range *v, size_t n,
+		     struct imap_bodies *b, const char *what)
 {
 	struct bodies_ctx bc = { .b = b };
 	struct mailimap_fetch_type *ft;
@@ -122,8 +122,14 @@ int imap_fetch_bodies(struct conn *c, const struct imap_uid_range *v,
 	if (rc != MAILIMAP_NO_ERROR)
 		/* a handler that stopped the reply half-read loses the
 		 * session too */
-		return imap_grade(c, rc, "fetch bodies");
+		return imap_grade(c, rc, what);
 	return IMAP_OK;
+}
+
+int imap_fetch_bodies(struct conn *c, const struct imap_uid_range *v,
+		      size_t n, struct imap_bodies *b)
+{
+	return fetch_set(c, v, n, b, "fetch bodies");
 }
 
 /* ---- one body, for a reader waiting on it ---- */
@@ -168,7 +174,7 @@ int imap_fetch_body(struct conn *c, uint32_t uid,
 	struct imap_bodies b = { .bytes = one_bytes, .end = one_end,
 				 .ctx = &o };
 	struct imap_uid_range r = { uid, uid };
-	int g = imap_fetch_bodies(c, &r, 1, &b);
+	int g = fetch_set(c, &r, 1, &b, "fetch a body");
 
 	*got = o.got;
 	*cb_rc = b.cb_rc;

@@ -157,7 +157,19 @@ void sync_batch_failed(struct sync *s)
 
 long long sync_backoff_ms(unsigned fails)
 {
-	long long d = 2000;
+	/* CONVOYFS_TEST_BACKOFF_MS: a shorter first delay, for the tests of
+	 * what happens across many reconnects (poison messages); the
+	 * doubling and the cap stay */
+	static atomic_llong base;
+	long long d = atomic_load(&base);
+
+	if (!d) {
+		const char *t = getenv("CONVOYFS_TEST_BACKOFF_MS");
+		long long v = t ? atoll(t) : 0;
+
+		d = v > 0 && v < 2000 ? v : 2000;
+		atomic_store(&base, d);
+	}
 
 	while (fails-- > 0 && d < 60000)
 		d *= 2;

@@ -36,6 +36,15 @@ TEN_K_BOUND_ASAN_KIB = 1536 * 1024
 IDLE_CPU_SHARE = 0.10
 
 
+@pytest.fixture(autouse=True)
+def quick_reconnects(monkeypatch):
+    """The mounts of this file reconnect after 250 ms, not 2 s, the first
+    time (then twice as long each time, as always): poison messages and
+    malformed replies cost a reconnect each, and what is tested is how
+    many and what is kept, not the delay."""
+    monkeypatch.setenv("CONVOYFS_TEST_BACKOFF_MS", "250")
+
+
 def body(i, extra=b""):
     return (b"From: a@b.test\r\nMessage-ID: <m%d@hostile-server.test>\r\n"
             b"Subject: message %d\r\nDate: Mon, 6 May 2024 07:08:09 +0000\r\n\r\n"
