@@ -125,6 +125,9 @@ void sync_hunt_cleared(struct sync *s, int64_t folder, uint32_t a, uint32_t b)
 
 	if (!h || !h->hi || b < h->lo || a > h->hi)
 		return;
+	/* a part of the suspects read well: the hunt moves, and the next
+	 * reconnect waits the first delay again, not a longer one */
+	s->progress = true;
 	if (a <= h->lo)
 		h->lo = b == UINT32_MAX ? b : b + 1;
 	if (b >= h->hi)
