@@ -14,9 +14,21 @@
 
 #include <sys/stat.h>
 
-#define POOL_MAX 8
+/* every FUSE worker (16, fs_run) may hold one connection, and the
+ * notifier and a tree rebuild one more each: a smaller pool made
+ * workers under load open and close connections (and their caches) */
+#define POOL_MAX 20
 
 struct note; /* notify.c */
+
+/* the requests the kernel sent, by operation, for .convoyfs/status:
+ * what is cached in the kernel shows as requests not sent */
+enum fs_req {
+	REQ_LOOKUP, REQ_GETATTR, REQ_READDIR, REQ_READDIRPLUS, REQ_OPENDIR,
+	REQ_OPEN, REQ_READ, REQ_RELEASE, REQ_FLUSH, REQ_GETXATTR,
+	REQ_LISTXATTR, REQ_STATFS,
+	REQ_NKINDS
+};
 
 struct fs {
 	struct fs_args *a; /* borrowed */
@@ -38,11 +50,19 @@ struct fs {
 	atomic_bool folders_dirty;
 	struct store *pool[POOL_MAX];
 	size_t npool;
+	atomic_ulong reqs[REQ_NKINDS];
 };
 
 static inline struct fs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
+}
+
+/* count_req - count one request of kind @k (relaxed: a statistic) */
+static inline void count_req(fuse_req_t req, enum fs_req k)
+{
+	atomic_fetch_add_explicit(&fs_of(req)->reqs[k], 1,
+				  memory_order_relaxed);
 }
 
 /* ---- mount.c: store connections and the folder tree ---- */

@@ -1,7 +1,9 @@
 /*
  * notify.c - kernel notifications: sync reports a message gone, its
  * names are queued, and the notifier thread tells the kernel to forget
- * them.
+ * them; a folder whose messages changed has its cached listing dropped.
+ * The kernel keeps a message's entry and attributes for an hour (ops.c):
+ * what is told here is all that makes it see a change sooner.
  */
 #define LOG_CAT "fs"
 #include "fs_i.h"
@@ -15,11 +17,13 @@
 
 /* a name the kernel must forget: the message behind it is gone; or,
  * with @old_tree, the folder tree as it was before the folder list
- * changed, whose vanished directories the kernel must forget */
+ * changed, whose vanished directories the kernel must forget; or, with
+ * @listing, a directory (@parent) whose cached listing must go */
 struct note {
 	fuse_ino_t parent;
 	char name[NAMES_MAX + 1];
 	struct tree *old_tree;
+	bool listing;
 	struct note *next;
 };
 
@@ -30,6 +34,9 @@ static void queue_note(struct fs *fs, fuse_ino_t parent, const char *name,
 
 	n->parent = parent;
 	n->old_tree = old_tree;
+	n->listing = !name;
+	if (!name)
+		name = "";
 	snprintf(n->name, sizeof(n->name), "%s", name);
 	pthread_mutex_lock(&fs->note_lock);
 	n->next = fs->notes;
@@ -44,6 +51,25 @@ static void forget_entry(uint64_t parent, const char *name, void *aux)
 
 	/* -ENOENT when the kernel had no such entry: fine */
 	fuse_lowlevel_notify_inval_entry(fs->se, parent, name, strlen(name));
+}
+
+/*
+ * Drop the listing the kernel caches for directory @ino (its pages,
+ * opendir sets cache_readdir) and its attributes; -ENOENT when the
+ * kernel holds no such inode: fine. The entries under it stay: the
+ * names of a message that went were told one by one.
+ */
+static void forget_listing(struct fs *fs, fuse_ino_t ino)
+{
+	fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
+}
+
+/* every folder directory's listing: the folder list changed, or sync
+ * did not say which folder's messages did */
+static void forget_listings(struct fs *fs, const struct tree *t)
+{
+	for (size_t i = 0; i < t->n; i++)
+		forget_listing(fs, t->dirs[i].ino);
 }
 
 void *notifier_main(void *arg)
@@ -66,8 +92,18 @@ void *notifier_main(void *arg)
 
 			/* forgetting a directory forgets what is under it */
 			tree_moved(n->old_tree, now, forget_entry, fs);
+			/* and the listings of those that stay: a folder
+			 * came, or a subfolder went */
+			forget_listings(fs, now);
 			tree_put(now);
 			tree_put(n->old_tree);
+		} else if (n->listing && n->parent) {
+			forget_listing(fs, n->parent);
+		} else if (n->listing) {
+			struct tree *now = tree_get(fs);
+
+			forget_listings(fs, now);
+			tree_put(now);
 		} else {
 			forget_entry(n->parent, n->name, fs);
 		}
@@ -110,10 +146,24 @@ void on_change(const struct sync_change *c, void *aux)
 		 * the waiting open cannot deadlock with it */
 		fuse_lowlevel_notify_inval_inode(fs->se, (fuse_ino_t)m->umid, -1,
 						 0);
+	} else if (c->kind == SYNC_MESSAGES) {
+		/* new, changed or gone messages in @c->folder (0: any):
+		 * its cached listing goes; a new name was never cached, as
+		 * a failed lookup leaves no entry in the kernel */
+		queue_note(fs, c->folder ? INO_FOLDER_BASE + (uint64_t)c->folder
+					 : 0,
+			   NULL, NULL);
 	} else if (c->kind == SYNC_MESSAGE_GONE && m) {
+		int64_t shown = store_msg_shown_in(m);
+
 		names_message(name, m->date, m->zone, m->subject, m->umid);
 		queue_note(fs, INO_FOLDER_BASE + (uint64_t)m->folder, name,
 			   NULL);
+		/* a message moved by the mount shows in its target until
+		 * the server has it there */
+		if (shown > 0 && shown != m->folder)
+			queue_note(fs, INO_FOLDER_BASE + (uint64_t)shown, name,
+				   NULL);
 		if (m->conv)
 			queue_note(fs, INO_CONV_BASE + (uint64_t)m->conv, name,
 				   NULL);
