@@ -51,6 +51,11 @@ struct fs {
 	struct store *pool[POOL_MAX];
 	size_t npool;
 	atomic_ulong reqs[REQ_NKINDS];
+	/* when sync last changed each folder's listing, by folder id, and
+	 * any folder's (notify.c); guarded by lock */
+	struct timespec *changed;
+	size_t nchanged;
+	struct timespec all_changed;
 };
 
 static inline struct fs *fs_of(fuse_req_t req)
@@ -192,5 +197,13 @@ void *notifier_main(void *arg);
  * Thread: the sync thread; never blocks on the kernel.
  */
 void on_change(const struct sync_change *c, void *aux);
+/*
+ * folder_mtime - the time folder @folder's listing last changed by sync
+ * (else the mount's): its directory's mtime. The kernel compares it with
+ * the one it cached a listing under, and drops the listing when they
+ * differ: a listing read just before a change and cached just after the
+ * change's notification would otherwise stay. Thread: any.
+ */
+struct timespec folder_mtime(struct fs *fs, int64_t folder);
 
 #endif

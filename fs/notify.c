@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common.h"
 #include "names.h"
@@ -121,6 +122,50 @@ void *notifier_main(void *arg)
 	return NULL;
 }
 
+static bool ts_before(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec < b->tv_sec ||
+	       (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* folder @folder's listing changes now (0: every folder's) */
+static void listing_changed(struct fs *fs, int64_t folder)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	pthread_mutex_lock(&fs->lock);
+	if (folder <= 0) {
+		fs->all_changed = now;
+	} else {
+		if ((size_t)folder >= fs->nchanged) {
+			size_t n = (size_t)folder + 64;
+
+			fs->changed = xrealloc(fs->changed,
+					       n * sizeof(*fs->changed));
+			memset(fs->changed + fs->nchanged, 0,
+			       (n - fs->nchanged) * sizeof(*fs->changed));
+			fs->nchanged = n;
+		}
+		fs->changed[folder] = now;
+	}
+	pthread_mutex_unlock(&fs->lock);
+}
+
+struct timespec folder_mtime(struct fs *fs, int64_t folder)
+{
+	struct timespec t = { .tv_sec = fs->mounted_at };
+
+	pthread_mutex_lock(&fs->lock);
+	if (ts_before(&t, &fs->all_changed))
+		t = fs->all_changed;
+	if (folder > 0 && (size_t)folder < fs->nchanged &&
+	    ts_before(&t, &fs->changed[folder]))
+		t = fs->changed[folder];
+	pthread_mutex_unlock(&fs->lock);
+	return t;
+}
+
 void on_change(const struct sync_change *c, void *aux)
 {
 	struct fs *fs = aux;
@@ -137,6 +182,7 @@ void on_change(const struct sync_change *c, void *aux)
 			atomic_fetch_add(&old->refs, 1);
 		atomic_store(&fs->folders_dirty, true);
 		pthread_mutex_unlock(&fs->lock);
+		listing_changed(fs, 0);
 		if (old)
 			queue_note(fs, 0, "", old);
 	} else if (c->kind == SYNC_MESSAGE_SIZE && m) {
@@ -149,13 +195,18 @@ void on_change(const struct sync_change *c, void *aux)
 	} else if (c->kind == SYNC_MESSAGES) {
 		/* new, changed or gone messages in @c->folder (0: any):
 		 * its cached listing goes; a new name was never cached, as
-		 * a failed lookup leaves no entry in the kernel */
+		 * a failed lookup leaves no entry in the kernel. The new
+		 * mtime first: see folder_mtime() */
+		listing_changed(fs, c->folder);
 		queue_note(fs, c->folder ? INO_FOLDER_BASE + (uint64_t)c->folder
 					 : 0,
 			   NULL, NULL);
 	} else if (c->kind == SYNC_MESSAGE_GONE && m) {
 		int64_t shown = store_msg_shown_in(m);
 
+		listing_changed(fs, m->folder);
+		if (shown > 0 && shown != m->folder)
+			listing_changed(fs, shown);
 		names_message(name, m->date, m->zone, m->subject, m->umid);
 		queue_note(fs, INO_FOLDER_BASE + (uint64_t)m->folder, name,
 			   NULL);

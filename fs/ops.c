@@ -77,6 +77,11 @@ static void dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 	st->st_mtim.tv_sec = fs->mounted_at;
 	st->st_ctim.tv_sec = fs->mounted_at;
 	st->st_atim.tv_sec = fs->mounted_at;
+	/* a folder's: when sync last changed its listing */
+	if ((ino & INO_KIND_MASK) == INO_FOLDER_BASE) {
+		st->st_mtim = folder_mtime(fs, (int64_t)(ino & ~INO_KIND_MASK));
+		st->st_ctim = st->st_mtim;
+	}
 }
 
 static void msg_attr(struct fs *fs, const struct store_msg *m,
