@@ -20,6 +20,7 @@
 #define POOL_MAX 20
 
 struct note; /* notify.c */
+struct moved; /* notify.c */
 
 /* the requests the kernel sent, by operation, for .convoyfs/status:
  * what is cached in the kernel shows as requests not sent */
@@ -42,6 +43,7 @@ struct fs {
 	pthread_cond_t note_wake;
 	struct note *notes;
 	bool notes_stop;
+	struct moved *moves; /* guarded by note_lock */
 	uid_t uid;
 	gid_t gid;
 	time_t mounted_at; /* the root's and .convoyfs's times */
@@ -205,5 +207,15 @@ void on_change(const struct sync_change *c, void *aux);
  * change's notification would otherwise stay. Thread: any.
  */
 struct timespec folder_mtime(struct fs *fs, int64_t folder);
+/*
+ * moved_message - the mount moved message @umid to folder @to, which the
+ * kernel now shows as @newname in @newparent: a name other than the
+ * message's is forgotten at once, and if the server refuses the move
+ * (the message shows in its old folder again, and sync says only that
+ * folder changed), the name in @to is forgotten then. Thread: a FUSE
+ * worker, after sync_move().
+ */
+void moved_message(struct fs *fs, int64_t umid, int64_t to,
+		   fuse_ino_t newparent, const char *newname);
 
 #endif

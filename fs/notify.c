@@ -8,6 +8,7 @@
 #define LOG_CAT "fs"
 #include "fs_i.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,13 @@ struct note {
 	struct tree *old_tree;
 	bool listing;
 	struct note *next;
+};
+
+/* a move by the mount not yet seen done on the server */
+struct moved {
+	int64_t umid;
+	int64_t to;
+	struct moved *next;
 };
 
 static void queue_note(struct fs *fs, fuse_ino_t parent, const char *name,
@@ -65,6 +73,86 @@ static void forget_listing(struct fs *fs, fuse_ino_t ino)
 	fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
 }
 
+static void listing_changed(struct fs *fs, int64_t folder);
+
+/*
+ * The moves the mount made, after sync changed some folder: a move done
+ * (the message's folder is its target) or a message gone is let go; a
+ * move refused (it shows elsewhere again) has its name in the target
+ * forgotten, with the target's listing. Thread: the notifier.
+ */
+static void check_moves(struct fs *fs)
+{
+	struct moved *list, *keep = NULL;
+
+	pthread_mutex_lock(&fs->note_lock);
+	list = fs->moves;
+	fs->moves = NULL;
+	pthread_mutex_unlock(&fs->note_lock);
+	while (list) {
+		struct moved *mv = list;
+		struct store_msg m;
+		char name[NAMES_MAX + 1];
+		int rc = get_msg(fs, mv->umid, &m);
+
+		list = mv->next;
+		if (rc == -EIO) {
+			mv->next = keep;
+			keep = mv;
+			continue;
+		}
+		if (!rc && m.folder != mv->to &&
+		    store_msg_shown_in(&m) != mv->to) {
+			uint64_t dir = INO_FOLDER_BASE + (uint64_t)mv->to;
+
+			names_message(name, m.date, m.zone, m.subject, m.umid);
+			listing_changed(fs, mv->to);
+			forget_entry(dir, name, fs);
+			forget_listing(fs, dir);
+		}
+		if (!rc && m.folder != mv->to &&
+		    store_msg_shown_in(&m) == mv->to) {
+			mv->next = keep; /* still on its way */
+			keep = mv;
+		} else {
+			free(mv);
+		}
+		if (!rc)
+			store_msg_release(&m);
+	}
+	pthread_mutex_lock(&fs->note_lock);
+	while (keep) {
+		struct moved *mv = keep;
+
+		keep = mv->next;
+		mv->next = fs->moves;
+		fs->moves = mv;
+	}
+	pthread_mutex_unlock(&fs->note_lock);
+}
+
+void moved_message(struct fs *fs, int64_t umid, int64_t to,
+		   fuse_ino_t newparent, const char *newname)
+{
+	struct moved *mv = xcalloc(1, sizeof(*mv));
+	char name[NAMES_MAX + 1];
+	struct store_msg m;
+
+	/* mv INBOX/x Archive/y: the kernel has y, the listing x */
+	if (!get_msg(fs, umid, &m)) {
+		names_message(name, m.date, m.zone, m.subject, m.umid);
+		if (strcmp(name, newname))
+			queue_note(fs, newparent, newname, NULL);
+		store_msg_release(&m);
+	}
+	mv->umid = umid;
+	mv->to = to;
+	pthread_mutex_lock(&fs->note_lock);
+	mv->next = fs->moves;
+	fs->moves = mv;
+	pthread_mutex_unlock(&fs->note_lock);
+}
+
 /* every folder directory's listing: the folder list changed, or sync
  * did not say which folder's messages did */
 static void forget_listings(struct fs *fs, const struct tree *t)
@@ -100,11 +188,13 @@ void *notifier_main(void *arg)
 			tree_put(n->old_tree);
 		} else if (n->listing && n->parent) {
 			forget_listing(fs, n->parent);
+			check_moves(fs);
 		} else if (n->listing) {
 			struct tree *now = tree_get(fs);
 
 			forget_listings(fs, now);
 			tree_put(now);
+			check_moves(fs);
 		} else {
 			forget_entry(n->parent, n->name, fs);
 		}
@@ -117,6 +207,12 @@ void *notifier_main(void *arg)
 		fs->notes = n->next;
 		tree_put(n->old_tree);
 		free(n);
+	}
+	while (fs->moves) {
+		struct moved *mv = fs->moves;
+
+		fs->moves = mv->next;
+		free(mv);
 	}
 	pthread_mutex_unlock(&fs->note_lock);
 	return NULL;

@@ -195,6 +195,13 @@ def test_own_writes_show_at_once(mount):
         assert moved in os.listdir(archive)
         assert not os.path.exists(os.path.join(inbox, moved))
         assert os.stat(os.path.join(archive, moved)).st_size > 0
+        # under another name: the folder lists it by its own, and the
+        # kernel's entry for the other goes with the next notification
+        other = names[2]
+        os.rename(os.path.join(inbox, other), os.path.join(archive, "renamed.eml"))
+        harness.wait_until(lambda: not os.path.exists(os.path.join(archive, "renamed.eml")),
+                           5, what="the name the mount did not give to go")
+        assert other in os.listdir(archive)
         os.unlink(os.path.join(inbox, removed))
         assert removed not in os.listdir(inbox)
         assert not os.path.exists(os.path.join(inbox, removed))
@@ -205,8 +212,8 @@ def test_own_writes_show_at_once(mount):
         # and still so once the server has it all
         converge(m, s, timeout=30, what="the mount's writes on the server")
         assert moved not in os.listdir(inbox) and removed not in os.listdir(inbox)
-        assert len(os.listdir(inbox)) == len(names) - 2
-        assert len(ls_l(archive)) == 4
+        assert len(os.listdir(inbox)) == len(names) - 3
+        assert len(ls_l(archive)) == 5
     finally:
         m.stop()
         s.cleanup()
