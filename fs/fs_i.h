@@ -217,5 +217,11 @@ struct timespec folder_mtime(struct fs *fs, int64_t folder);
  */
 void moved_message(struct fs *fs, int64_t umid, int64_t to,
 		   fuse_ino_t newparent, const char *newname);
+/*
+ * flagged_message - the mount changed the flags of message @umid: its
+ * folder's listing goes, and its names too if \Deleted now hides it.
+ * Thread: a FUSE worker, after sync_set_flags().
+ */
+void flagged_message(struct fs *fs, int64_t umid);
 
 #endif

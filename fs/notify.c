@@ -153,6 +153,38 @@ void moved_message(struct fs *fs, int64_t umid, int64_t to,
 	pthread_mutex_unlock(&fs->note_lock);
 }
 
+void flagged_message(struct fs *fs, int64_t umid)
+{
+	struct store_msg m, shown;
+	struct store *st;
+	char name[NAMES_MAX + 1];
+	int64_t folder;
+	bool hidden;
+
+	if (borrow(fs, &st))
+		return;
+	if (store_msg_get(st, umid, &m)) {
+		give_back(fs, st);
+		return;
+	}
+	give_back(fs, st);
+	/* get_msg() answers -ENOENT for a message hidden from readers */
+	hidden = get_msg(fs, umid, &shown) == -ENOENT;
+	if (!hidden)
+		store_msg_release(&shown);
+	folder = store_msg_shown_in(&m);
+	listing_changed(fs, folder);
+	queue_note(fs, INO_FOLDER_BASE + (uint64_t)folder, NULL, NULL);
+	if (hidden) {
+		names_message(name, m.date, m.zone, m.subject, m.umid);
+		queue_note(fs, INO_FOLDER_BASE + (uint64_t)folder, name, NULL);
+		if (m.conv)
+			queue_note(fs, INO_CONV_BASE + (uint64_t)m.conv, name,
+				   NULL);
+	}
+	store_msg_release(&m);
+}
+
 /* every folder directory's listing: the folder list changed, or sync
  * did not say which folder's messages did */
 static void forget_listings(struct fs *fs, const struct tree *t)

@@ -346,6 +346,9 @@ void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		give_back(fs, st);
 	}
 	free(flagtext);
+	/* \Deleted hides it at once: the kernel must let its names go */
+	if (!rc)
+		flagged_message(fs, (int64_t)ino);
 	fuse_reply_err(req, -rc);
 }
 

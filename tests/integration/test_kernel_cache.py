@@ -205,6 +205,13 @@ def test_own_writes_show_at_once(mount):
         os.unlink(os.path.join(inbox, removed))
         assert removed not in os.listdir(inbox)
         assert not os.path.exists(os.path.join(inbox, removed))
+        # \Deleted set through the mount hides it at once
+        hidden = os.path.join(inbox, names[3])
+        os.stat(hidden)
+        os.setxattr(hidden, XATTR + "flags", b"\\Deleted")
+        harness.wait_until(lambda: not os.path.exists(hidden), 5,
+                           what="a message flagged \\Deleted to go")
+        assert names[3] not in os.listdir(inbox)
         os.mkdir(os.path.join(m.path, "Made"))
         assert "Made" in os.listdir(m.path)
         os.rmdir(os.path.join(m.path, "Made"))
@@ -212,7 +219,7 @@ def test_own_writes_show_at_once(mount):
         # and still so once the server has it all
         converge(m, s, timeout=30, what="the mount's writes on the server")
         assert moved not in os.listdir(inbox) and removed not in os.listdir(inbox)
-        assert len(os.listdir(inbox)) == len(names) - 3
+        assert len(os.listdir(inbox)) == len(names) - 4
         assert len(ls_l(archive)) == 5
     finally:
         m.stop()
