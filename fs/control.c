@@ -45,6 +45,35 @@ void file_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 	st->st_blksize = 4096;
 }
 
+/*
+ * @head followed by the FUSE requests served since the mount, in all
+ * and by kind ("fuse requests: N" then "fuse lookup: N"...): what the
+ * kernel's caches answer alone shows as requests not made. Malloc'ed.
+ */
+static char *fuse_requests_line(struct fs *fs, const char *head)
+{
+	static const char *const kind[REQ_NKINDS] = {
+		[REQ_LOOKUP] = "lookup", [REQ_GETATTR] = "getattr",
+		[REQ_READDIR] = "readdir", [REQ_READDIRPLUS] = "readdirplus",
+		[REQ_OPENDIR] = "opendir", [REQ_OPEN] = "open",
+		[REQ_READ] = "read", [REQ_RELEASE] = "release",
+		[REQ_FLUSH] = "flush", [REQ_GETXATTR] = "getxattr",
+		[REQ_LISTXATTR] = "listxattr", [REQ_STATFS] = "statfs",
+	};
+	unsigned long v[REQ_NKINDS], total = 0;
+	char *out, *o;
+
+	for (int i = 0; i < REQ_NKINDS; i++) {
+		v[i] = atomic_load_explicit(&fs->reqs[i], memory_order_relaxed);
+		total += v[i];
+	}
+	out = xmalloc(strlen(head) + 64 * (REQ_NKINDS + 1));
+	o = out + sprintf(out, "%sfuse requests: %lu\n", head, total);
+	for (int i = 0; i < REQ_NKINDS; i++)
+		o += sprintf(o, "fuse %s: %lu\n", kind[i], v[i]);
+	return out;
+}
+
 static char *status_text(struct fs *fs)
 {
 	struct store_folder *f = NULL;
@@ -55,8 +84,9 @@ static char *status_text(struct fs *fs)
 	int64_t horizon = sync_horizon(fs->sync);
 
 	sync_status(fs->sync, &head);
-	len = strlen(head);
-	out = head;
+	out = fuse_requests_line(fs, head);
+	free(head);
+	len = strlen(out);
 	if (borrow(fs, &st))
 		return out;
 	if (!store_folder_list(st, &f, &n)) {

@@ -14,9 +14,22 @@
 
 #include <sys/stat.h>
 
-#define POOL_MAX 8
+/* every FUSE worker (16, fs_run) may hold one connection, and the
+ * notifier and a tree rebuild one more each: a smaller pool made
+ * workers under load open and close connections (and their caches) */
+#define POOL_MAX 20
 
 struct note; /* notify.c */
+struct moved; /* notify.c */
+
+/* the requests the kernel sent, by operation, for .convoyfs/status:
+ * what is cached in the kernel shows as requests not sent */
+enum fs_req {
+	REQ_LOOKUP, REQ_GETATTR, REQ_READDIR, REQ_READDIRPLUS, REQ_OPENDIR,
+	REQ_OPEN, REQ_READ, REQ_RELEASE, REQ_FLUSH, REQ_GETXATTR,
+	REQ_LISTXATTR, REQ_STATFS,
+	REQ_NKINDS
+};
 
 struct fs {
 	struct fs_args *a; /* borrowed */
@@ -30,6 +43,7 @@ struct fs {
 	pthread_cond_t note_wake;
 	struct note *notes;
 	bool notes_stop;
+	struct moved *moves; /* guarded by note_lock */
 	uid_t uid;
 	gid_t gid;
 	time_t mounted_at; /* the root's and .convoyfs's times */
@@ -38,11 +52,24 @@ struct fs {
 	atomic_bool folders_dirty;
 	struct store *pool[POOL_MAX];
 	size_t npool;
+	atomic_ulong reqs[REQ_NKINDS];
+	/* when sync last changed each folder's listing, by folder id, and
+	 * any folder's (notify.c); guarded by lock */
+	struct timespec *changed;
+	size_t nchanged;
+	struct timespec all_changed;
 };
 
 static inline struct fs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
+}
+
+/* count_req - count one request of kind @k (relaxed: a statistic) */
+static inline void count_req(fuse_req_t req, enum fs_req k)
+{
+	atomic_fetch_add_explicit(&fs_of(req)->reqs[k], 1,
+				  memory_order_relaxed);
 }
 
 /* ---- mount.c: store connections and the folder tree ---- */
@@ -172,5 +199,29 @@ void *notifier_main(void *arg);
  * Thread: the sync thread; never blocks on the kernel.
  */
 void on_change(const struct sync_change *c, void *aux);
+/*
+ * folder_mtime - the time folder @folder's listing last changed by sync
+ * (else the mount's): its directory's mtime. The kernel compares it with
+ * the one it cached a listing under, and drops the listing when they
+ * differ: a listing read just before a change and cached just after the
+ * change's notification would otherwise stay. Thread: any.
+ */
+struct timespec folder_mtime(struct fs *fs, int64_t folder);
+/*
+ * moved_message - the mount moved message @umid to folder @to, which the
+ * kernel now shows as @newname in @newparent: a name other than the
+ * message's is forgotten at once, and if the server refuses the move
+ * (the message shows in its old folder again, and sync says only that
+ * folder changed), the name in @to is forgotten then. Thread: a FUSE
+ * worker, after sync_move().
+ */
+void moved_message(struct fs *fs, int64_t umid, int64_t to,
+		   fuse_ino_t newparent, const char *newname);
+/*
+ * flagged_message - the mount changed the flags of message @umid: its
+ * folder's listing goes, and its names too if \Deleted now hides it.
+ * Thread: a FUSE worker, after sync_set_flags().
+ */
+void flagged_message(struct fs *fs, int64_t umid);
 
 #endif

@@ -1,26 +1,39 @@
 /*
  * notify.c - kernel notifications: sync reports a message gone, its
  * names are queued, and the notifier thread tells the kernel to forget
- * them.
+ * them; a folder whose messages changed has its cached listing dropped.
+ * The kernel keeps a message's entry and attributes for an hour (ops.c):
+ * what is told here is all that makes it see a change sooner.
  */
 #define LOG_CAT "fs"
 #include "fs_i.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common.h"
 #include "names.h"
 
 /* a name the kernel must forget: the message behind it is gone; or,
  * with @old_tree, the folder tree as it was before the folder list
- * changed, whose vanished directories the kernel must forget */
+ * changed, whose vanished directories the kernel must forget; or, with
+ * @listing, a directory (@parent) whose cached listing must go */
 struct note {
 	fuse_ino_t parent;
 	char name[NAMES_MAX + 1];
 	struct tree *old_tree;
+	bool listing;
 	struct note *next;
+};
+
+/* a move by the mount not yet seen done on the server */
+struct moved {
+	int64_t umid;
+	int64_t to;
+	struct moved *next;
 };
 
 static void queue_note(struct fs *fs, fuse_ino_t parent, const char *name,
@@ -30,6 +43,9 @@ static void queue_note(struct fs *fs, fuse_ino_t parent, const char *name,
 
 	n->parent = parent;
 	n->old_tree = old_tree;
+	n->listing = !name;
+	if (!name)
+		name = "";
 	snprintf(n->name, sizeof(n->name), "%s", name);
 	pthread_mutex_lock(&fs->note_lock);
 	n->next = fs->notes;
@@ -44,6 +60,137 @@ static void forget_entry(uint64_t parent, const char *name, void *aux)
 
 	/* -ENOENT when the kernel had no such entry: fine */
 	fuse_lowlevel_notify_inval_entry(fs->se, parent, name, strlen(name));
+}
+
+/*
+ * Drop the listing the kernel caches for directory @ino (its pages,
+ * opendir sets cache_readdir) and its attributes; -ENOENT when the
+ * kernel holds no such inode: fine. The entries under it stay: the
+ * names of a message that went were told one by one.
+ */
+static void forget_listing(struct fs *fs, fuse_ino_t ino)
+{
+	fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
+}
+
+static void listing_changed(struct fs *fs, int64_t folder);
+
+/*
+ * The moves the mount made, after sync changed some folder: a move done
+ * (the message's folder is its target) or a message gone is let go; a
+ * move refused (it shows elsewhere again) has its name in the target
+ * forgotten, with the target's listing. Thread: the notifier.
+ */
+static void check_moves(struct fs *fs)
+{
+	struct moved *list, *keep = NULL;
+
+	pthread_mutex_lock(&fs->note_lock);
+	list = fs->moves;
+	fs->moves = NULL;
+	pthread_mutex_unlock(&fs->note_lock);
+	while (list) {
+		struct moved *mv = list;
+		struct store_msg m;
+		char name[NAMES_MAX + 1];
+		int rc = get_msg(fs, mv->umid, &m);
+
+		list = mv->next;
+		if (rc == -EIO) {
+			mv->next = keep;
+			keep = mv;
+			continue;
+		}
+		if (!rc && m.folder != mv->to &&
+		    store_msg_shown_in(&m) != mv->to) {
+			uint64_t dir = INO_FOLDER_BASE + (uint64_t)mv->to;
+
+			names_message(name, m.date, m.zone, m.subject, m.umid);
+			listing_changed(fs, mv->to);
+			forget_entry(dir, name, fs);
+			forget_listing(fs, dir);
+		}
+		if (!rc && m.folder != mv->to &&
+		    store_msg_shown_in(&m) == mv->to) {
+			mv->next = keep; /* still on its way */
+			keep = mv;
+		} else {
+			free(mv);
+		}
+		if (!rc)
+			store_msg_release(&m);
+	}
+	pthread_mutex_lock(&fs->note_lock);
+	while (keep) {
+		struct moved *mv = keep;
+
+		keep = mv->next;
+		mv->next = fs->moves;
+		fs->moves = mv;
+	}
+	pthread_mutex_unlock(&fs->note_lock);
+}
+
+void moved_message(struct fs *fs, int64_t umid, int64_t to,
+		   fuse_ino_t newparent, const char *newname)
+{
+	struct moved *mv = xcalloc(1, sizeof(*mv));
+	char name[NAMES_MAX + 1];
+	struct store_msg m;
+
+	/* mv INBOX/x Archive/y: the kernel has y, the listing x */
+	if (!get_msg(fs, umid, &m)) {
+		names_message(name, m.date, m.zone, m.subject, m.umid);
+		if (strcmp(name, newname))
+			queue_note(fs, newparent, newname, NULL);
+		store_msg_release(&m);
+	}
+	mv->umid = umid;
+	mv->to = to;
+	pthread_mutex_lock(&fs->note_lock);
+	mv->next = fs->moves;
+	fs->moves = mv;
+	pthread_mutex_unlock(&fs->note_lock);
+}
+
+void flagged_message(struct fs *fs, int64_t umid)
+{
+	struct store_msg m, shown;
+	struct store *st;
+	char name[NAMES_MAX + 1];
+	int64_t folder;
+	bool hidden;
+
+	if (borrow(fs, &st))
+		return;
+	if (store_msg_get(st, umid, &m)) {
+		give_back(fs, st);
+		return;
+	}
+	give_back(fs, st);
+	/* get_msg() answers -ENOENT for a message hidden from readers */
+	hidden = get_msg(fs, umid, &shown) == -ENOENT;
+	if (!hidden)
+		store_msg_release(&shown);
+	folder = store_msg_shown_in(&m);
+	listing_changed(fs, folder);
+	queue_note(fs, INO_FOLDER_BASE + (uint64_t)folder, NULL, NULL);
+	if (hidden) {
+		names_message(name, m.date, m.zone, m.subject, m.umid);
+		queue_note(fs, INO_FOLDER_BASE + (uint64_t)folder, name, NULL);
+		if (m.conv)
+			queue_note(fs, INO_CONV_BASE + (uint64_t)m.conv, name,
+				   NULL);
+	}
+	store_msg_release(&m);
+}
+
+/* every folder directory's listing: the folder list changed, or sync
+ * did not say which folder's messages did */
+static void forget_listings(struct fs *fs, const struct tree *t)
+{
+	for (size_t i = 0; i < t->n; i++)
+		forget_listing(fs, t->dirs[i].ino);
 }
 
 void *notifier_main(void *arg)
@@ -66,8 +213,20 @@ void *notifier_main(void *arg)
 
 			/* forgetting a directory forgets what is under it */
 			tree_moved(n->old_tree, now, forget_entry, fs);
+			/* and the listings of those that stay: a folder
+			 * came, or a subfolder went */
+			forget_listings(fs, now);
 			tree_put(now);
 			tree_put(n->old_tree);
+		} else if (n->listing && n->parent) {
+			forget_listing(fs, n->parent);
+			check_moves(fs);
+		} else if (n->listing) {
+			struct tree *now = tree_get(fs);
+
+			forget_listings(fs, now);
+			tree_put(now);
+			check_moves(fs);
 		} else {
 			forget_entry(n->parent, n->name, fs);
 		}
@@ -81,8 +240,58 @@ void *notifier_main(void *arg)
 		tree_put(n->old_tree);
 		free(n);
 	}
+	while (fs->moves) {
+		struct moved *mv = fs->moves;
+
+		fs->moves = mv->next;
+		free(mv);
+	}
 	pthread_mutex_unlock(&fs->note_lock);
 	return NULL;
+}
+
+static bool ts_before(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec < b->tv_sec ||
+	       (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+/* folder @folder's listing changes now (0: every folder's) */
+static void listing_changed(struct fs *fs, int64_t folder)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	pthread_mutex_lock(&fs->lock);
+	if (folder <= 0) {
+		fs->all_changed = now;
+	} else {
+		if ((size_t)folder >= fs->nchanged) {
+			size_t n = (size_t)folder + 64;
+
+			fs->changed = xrealloc(fs->changed,
+					       n * sizeof(*fs->changed));
+			memset(fs->changed + fs->nchanged, 0,
+			       (n - fs->nchanged) * sizeof(*fs->changed));
+			fs->nchanged = n;
+		}
+		fs->changed[folder] = now;
+	}
+	pthread_mutex_unlock(&fs->lock);
+}
+
+struct timespec folder_mtime(struct fs *fs, int64_t folder)
+{
+	struct timespec t = { .tv_sec = fs->mounted_at };
+
+	pthread_mutex_lock(&fs->lock);
+	if (ts_before(&t, &fs->all_changed))
+		t = fs->all_changed;
+	if (folder > 0 && (size_t)folder < fs->nchanged &&
+	    ts_before(&t, &fs->changed[folder]))
+		t = fs->changed[folder];
+	pthread_mutex_unlock(&fs->lock);
+	return t;
 }
 
 void on_change(const struct sync_change *c, void *aux)
@@ -101,6 +310,7 @@ void on_change(const struct sync_change *c, void *aux)
 			atomic_fetch_add(&old->refs, 1);
 		atomic_store(&fs->folders_dirty, true);
 		pthread_mutex_unlock(&fs->lock);
+		listing_changed(fs, 0);
 		if (old)
 			queue_note(fs, 0, "", old);
 	} else if (c->kind == SYNC_MESSAGE_SIZE && m) {
@@ -110,10 +320,29 @@ void on_change(const struct sync_change *c, void *aux)
 		 * the waiting open cannot deadlock with it */
 		fuse_lowlevel_notify_inval_inode(fs->se, (fuse_ino_t)m->umid, -1,
 						 0);
+	} else if (c->kind == SYNC_MESSAGES) {
+		/* new, changed or gone messages in @c->folder (0: any):
+		 * its cached listing goes; a new name was never cached, as
+		 * a failed lookup leaves no entry in the kernel. The new
+		 * mtime first: see folder_mtime() */
+		listing_changed(fs, c->folder);
+		queue_note(fs, c->folder ? INO_FOLDER_BASE + (uint64_t)c->folder
+					 : 0,
+			   NULL, NULL);
 	} else if (c->kind == SYNC_MESSAGE_GONE && m) {
+		int64_t shown = store_msg_shown_in(m);
+
+		listing_changed(fs, m->folder);
+		if (shown > 0 && shown != m->folder)
+			listing_changed(fs, shown);
 		names_message(name, m->date, m->zone, m->subject, m->umid);
 		queue_note(fs, INO_FOLDER_BASE + (uint64_t)m->folder, name,
 			   NULL);
+		/* a message moved by the mount shows in its target until
+		 * the server has it there */
+		if (shown > 0 && shown != m->folder)
+			queue_note(fs, INO_FOLDER_BASE + (uint64_t)shown, name,
+				   NULL);
 		if (m->conv)
 			queue_note(fs, INO_CONV_BASE + (uint64_t)m->conv, name,
 				   NULL);

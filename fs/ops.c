@@ -20,9 +20,19 @@
 #include "common.h"
 #include "names.h"
 
-/* entries and attributes change only by sync; a short timeout keeps the
- * tree fresh without invalidation traffic */
+/* directories: their attributes and entries change only by sync, and
+ * a short timeout keeps the tree fresh without invalidation traffic (a
+ * listing is one request, whatever the folder holds) */
 #define ENTRY_TIMEOUT 1.0
+/*
+ * Messages: a message's name, times and content never change, so the
+ * kernel may keep its entry and attributes for long. What does change
+ * is told it at once (notify.c): a message gone (its names), its real
+ * size once fetched (its attributes), a folder's listing (its pages);
+ * the mount's own writes it knows already. A short timeout here made a
+ * warm `ls -l` of 100k messages send 100k LOOKUPs again.
+ */
+#define MSG_TIMEOUT 3600.0
 #define PAGE 256
 /* readdir offsets: 1.. for ".", ".." and subdirectories, MSG_OFF + umid
  * for messages, so a huge folder is read in pages by umid */
@@ -67,6 +77,11 @@ static void dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 	st->st_mtim.tv_sec = fs->mounted_at;
 	st->st_ctim.tv_sec = fs->mounted_at;
 	st->st_atim.tv_sec = fs->mounted_at;
+	/* a folder's: when sync last changed its listing */
+	if ((ino & INO_KIND_MASK) == INO_FOLDER_BASE) {
+		st->st_mtim = folder_mtime(fs, (int64_t)(ino & ~INO_KIND_MASK));
+		st->st_ctim = st->st_mtim;
+	}
 }
 
 static void msg_attr(struct fs *fs, const struct store_msg *m,
@@ -91,6 +106,12 @@ static void msg_attr(struct fs *fs, const struct store_msg *m,
 	st->st_mtim.tv_sec = m->date;
 	st->st_atim.tv_sec = m->date;
 	st->st_ctim.tv_sec = m->date;
+}
+
+/* how long the kernel may keep the entry and attributes of @ino */
+static double timeout_of(fuse_ino_t ino)
+{
+	return is_message_ino(ino) ? MSG_TIMEOUT : ENTRY_TIMEOUT;
 }
 
 static bool is_conv_ino(fuse_ino_t ino)
@@ -180,6 +201,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	struct stat st;
 	int rc = 0;
 
+	count_req(req, REQ_GETATTR);
 	if (is_message_ino(ino)) {
 		struct store_msg m;
 
@@ -200,7 +222,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
-		fuse_reply_attr(req, &st, ENTRY_TIMEOUT);
+		fuse_reply_attr(req, &st, timeout_of(st.st_ino));
 }
 
 /* ---- lookup ---- */
@@ -212,8 +234,8 @@ static void reply_entry(fuse_req_t req, const struct stat *st)
 	memset(&e, 0, sizeof(e));
 	e.ino = st->st_ino;
 	e.attr = *st;
-	e.attr_timeout = ENTRY_TIMEOUT;
-	e.entry_timeout = ENTRY_TIMEOUT;
+	e.attr_timeout = timeout_of(e.ino);
+	e.entry_timeout = e.attr_timeout;
 	fuse_reply_entry(req, &e);
 }
 
@@ -269,6 +291,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct tree *t;
 	int rc = -ENOENT;
 
+	count_req(req, REQ_LOOKUP);
 	if (parent == INO_CTL_DIR) {
 		if (!strcmp(name, "status")) {
 			file_attr(fs, INO_STATUS, &st);
@@ -336,20 +359,60 @@ struct dirbuf {
 	fuse_req_t req;
 	char *buf;
 	size_t size, used;
+	/* READDIRPLUS: each entry carries what a LOOKUP would answer, so
+	 * that `ls -l` sends none */
+	bool plus;
 };
 
-/* false when the buffer is full */
-static bool dir_add(struct dirbuf *d, const char *name, fuse_ino_t ino,
-		    mode_t mode, off_t next)
+/*
+ * Add an entry; false when the buffer is full. @attr, when not NULL, is
+ * its full attributes, handed to the kernel with a READDIRPLUS; without
+ * them (".", "..") the kernel makes no entry from it and looks it up.
+ */
+static bool dir_add_attr(struct dirbuf *d, const char *name,
+			 const struct stat *attr, fuse_ino_t ino, mode_t mode,
+			 off_t next)
 {
 	struct stat st = { .st_ino = ino, .st_mode = mode };
-	size_t len = fuse_add_direntry(d->req, d->buf + d->used,
-				       d->size - d->used, name, &st, next);
+	size_t len;
 
+	if (d->plus) {
+		struct fuse_entry_param e;
+
+		memset(&e, 0, sizeof(e));
+		e.attr = attr ? *attr : st;
+		if (attr) {
+			e.ino = ino;
+			e.attr_timeout = timeout_of(ino);
+			e.entry_timeout = e.attr_timeout;
+		}
+		len = fuse_add_direntry_plus(d->req, d->buf + d->used,
+					     d->size - d->used, name, &e, next);
+	} else {
+		len = fuse_add_direntry(d->req, d->buf + d->used,
+					d->size - d->used, name, &st, next);
+	}
 	if (len > d->size - d->used)
 		return false;
 	d->used += len;
 	return true;
+}
+
+/* an entry without attributes: ".", "..", and what only a READDIR lists */
+static bool dir_add(struct dirbuf *d, const char *name, fuse_ino_t ino,
+		    mode_t mode, off_t next)
+{
+	return dir_add_attr(d, name, NULL, ino, mode, next);
+}
+
+/* a directory entry with the attributes dir_attr() gives it */
+static bool dir_add_dir(struct fs *fs, struct dirbuf *d, const char *name,
+			fuse_ino_t ino, off_t next)
+{
+	struct stat st;
+
+	dir_attr(fs, ino, &st);
+	return dir_add_attr(d, name, &st, ino, S_IFDIR, next);
 }
 
 /* the messages of @folder, or of conversation @conv when @folder is 0 */
@@ -378,10 +441,15 @@ static int add_messages(struct fs *fs, struct dirbuf *d, int64_t folder,
 			/* a pending move shows it in its target only */
 			if (!full && !msg_hidden(&page[i]) &&
 			    (!folder || store_msg_shown_in(&page[i]) == folder)) {
+				struct stat sb;
+
 				names_message(name, page[i].date, page[i].zone,
 					      page[i].subject, page[i].umid);
-				full = !dir_add(d, name, (fuse_ino_t)page[i].umid,
-						S_IFREG, MSG_OFF + page[i].umid);
+				msg_attr(fs, &page[i], &sb);
+				full = !dir_add_attr(d, name, &sb,
+						     (fuse_ino_t)page[i].umid,
+						     S_IFREG,
+						     MSG_OFF + page[i].umid);
 			}
 			store_msg_release(&page[i]);
 		}
@@ -412,10 +480,18 @@ static int add_convs(struct fs *fs, struct dirbuf *d, int64_t after)
 
 			after = page[i].id;
 			if (!full) {
+				fuse_ino_t ino = INO_CONV_BASE +
+						 (uint64_t)page[i].id;
+				struct stat sb;
+
+				/* as conv_dir_attr() has it */
+				dir_attr(fs, ino, &sb);
+				sb.st_mtim.tv_sec = page[i].last_date;
+				sb.st_ctim.tv_sec = page[i].last_date;
+				sb.st_atim.tv_sec = page[i].last_date;
 				conv_name(name, &page[i]);
-				full = !dir_add(d, name,
-						INO_CONV_BASE + (uint64_t)page[i].id,
-						S_IFDIR, MSG_OFF + page[i].id);
+				full = !dir_add_attr(d, name, &sb, ino, S_IFDIR,
+						     MSG_OFF + page[i].id);
 			}
 			store_conv_release(&page[i]);
 		}
@@ -426,11 +502,47 @@ static int add_convs(struct fs *fs, struct dirbuf *d, int64_t after)
 	return rc ? -EIO : 0;
 }
 
-static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		       struct fuse_file_info *fi)
+/* the kernel's struct fuse_dirent (its ABI): what fuse_add_direntry()
+ * writes, read back by recovered_plus() */
+struct kernel_dirent {
+	uint64_t ino;
+	uint64_t off;
+	uint32_t namelen;
+	uint32_t type;
+	char name[];
+};
+
+/*
+ * .convoyfs/recovered/ as a READDIRPLUS: recovered.c lists it as a
+ * READDIR does, into a buffer small enough that every entry fits again
+ * with the room a READDIRPLUS entry takes, and its entries are copied
+ * over without attributes (the kernel looks them up).
+ */
+static int recovered_plus(struct fs *fs, struct dirbuf *d, off_t off)
+{
+	size_t small = d->size / 4, used = 0, pos = 0;
+	char *buf = xmalloc(small);
+	int rc = recovered_readdir(fs, d->req, buf, small, off, &used);
+
+	while (!rc && pos + sizeof(struct kernel_dirent) <= used) {
+		struct kernel_dirent *k = (struct kernel_dirent *)(buf + pos);
+		char name[NAMES_MAX + 1];
+
+		snprintf(name, sizeof(name), "%.*s", (int)k->namelen, k->name);
+		if (!dir_add(d, name, (fuse_ino_t)k->ino,
+			     (mode_t)(k->type << 12), (off_t)k->off))
+			break;
+		pos += (sizeof(*k) + k->namelen + 7) & ~(size_t)7;
+	}
+	free(buf);
+	return rc;
+}
+
+static void readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size,
+			off_t off, bool plus)
 {
 	struct fs *fs = fs_of(req);
-	struct dirbuf d = { .req = req, .size = size };
+	struct dirbuf d = { .req = req, .size = size, .plus = plus };
 	const struct tree_dir *dir = NULL;
 	struct tree *t = NULL;
 	int64_t folder = 0;
@@ -438,7 +550,11 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 	d.buf = xmalloc(size);
 	if (ino == INO_RECOVERED) {
-		rc = recovered_readdir(fs, req, d.buf, size, off, &d.used);
+		if (plus)
+			rc = recovered_plus(fs, &d, off);
+		else
+			rc = recovered_readdir(fs, req, d.buf, size, off,
+					       &d.used);
 		goto reply;
 	}
 	if (ino == INO_CTL_DIR || ino == INO_CONVERSATIONS || is_conv_ino(ino)) {
@@ -458,10 +574,21 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			if (rc)
 				goto reply;
 		}
-		for (i = off; i < (off_t)count; i++)
-			if (!dir_add(&d, names[i], inos[i],
-				     i < 2 || i == 4 ? S_IFDIR : S_IFREG, i + 1))
+		for (i = off; i < (off_t)count; i++) {
+			bool ok;
+
+			/* status and ctl without attributes: status's
+			 * size is its whole text, made at their lookup */
+			if (i == 4) {
+				ok = dir_add_dir(fs, &d, names[i], inos[i],
+						 i + 1);
+			} else {
+				ok = dir_add(&d, names[i], inos[i],
+					     i < 2 ? S_IFDIR : S_IFREG, i + 1);
+			}
+			if (!ok)
 				goto reply;
+		}
 		if (off < MSG_OFF)
 			off = MSG_OFF;
 		if (ino == INO_CONVERSATIONS)
@@ -492,15 +619,14 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				full = !dir_add(&d, i ? ".." : ".", ino,
 						S_IFDIR, i + 1);
 			else if (i < (off_t)(2 + nextra))
-				full = !dir_add(&d, extra[i - 2],
-						extra_ino[i - 2], S_IFDIR,
-						i + 1);
+				full = !dir_add_dir(fs, &d, extra[i - 2],
+						    extra_ino[i - 2], i + 1);
 			else {
 				const struct tree_dir *c =
 					&t->dirs[dir->children[i - 2 - nextra]];
 
-				full = !dir_add(&d, c->name, c->ino, S_IFDIR,
-						i + 1);
+				full = !dir_add_dir(fs, &d, c->name, c->ino,
+						    i + 1);
 			}
 		}
 		if (full)
@@ -519,6 +645,37 @@ reply:
 	else
 		fuse_reply_buf(req, d.buf, d.used);
 	free(d.buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	count_req(req, REQ_READDIR);
+	readdir_any(req, ino, size, off, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
+			   off_t off, struct fuse_file_info *fi)
+{
+	count_req(req, REQ_READDIRPLUS);
+	readdir_any(req, ino, size, off, true);
+}
+
+/*
+ * A folder's listing may stay in the kernel's cache between opens: it
+ * changes only by sync, which drops it (notify.c), or by the mount's
+ * own writes, after which the kernel drops it itself. Conversations
+ * change by threading, which says not which: listed anew each time.
+ */
+static void op_opendir(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	count_req(req, REQ_OPENDIR);
+	if ((ino & INO_KIND_MASK) == INO_FOLDER_BASE) {
+		fi->cache_readdir = 1;
+		fi->keep_cache = 1;
+	}
+	fuse_reply_open(req, fi);
 }
 
 /* ---- reading ---- */
@@ -545,8 +702,10 @@ static void reply_open(fuse_req_t req, struct fuse_file_info *fi, int fd)
 		return;
 	}
 	fi->fh = (uint64_t)fd;
-	/* the content never changes: the page cache may keep it */
+	/* the content never changes: the page cache may keep it; and
+	 * nothing is written, so a close needs no FLUSH */
 	fi->keep_cache = 1;
+	fi->noflush = 1;
 	if (fuse_reply_open(req, fi) == -ENOENT)
 		close(fd); /* interrupted: nobody will release it */
 }
@@ -574,6 +733,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct store_msg m;
 	int rc, fd;
 
+	count_req(req, REQ_OPEN);
 	if (ino == INO_CTL || ino == INO_STATUS) {
 		control_open(req, ino, fi);
 		return;
@@ -625,6 +785,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
+	count_req(req, REQ_READ);
 	if (ino == INO_CTL || ino == INO_STATUS) {
 		control_read(req, ino, size, off, fi);
 		return;
@@ -640,6 +801,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_release(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
+	count_req(req, REQ_RELEASE);
 	if (ino == INO_CTL || ino == INO_STATUS) {
 		control_release(req, ino, fi);
 		return;
@@ -654,6 +816,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	count_req(req, REQ_FLUSH);
 	if (is_staged_ino(ino)) {
 		staged_flush(req, ino);
 		return;
@@ -667,6 +830,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	struct statvfs sv;
 	uint64_t used, limit;
 
+	count_req(req, REQ_STATFS);
 	memset(&sv, 0, sizeof(sv));
 	sv.f_bsize = 4096;
 	sv.f_frsize = 4096;
@@ -754,10 +918,27 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 	control_write(req, ino, buf, size, off, fi);
 }
 
+/*
+ * READDIRPLUS for every listing, not only the first page of one (the
+ * kernel's "auto" mode): `ls -l` and `find -type f` read the whole
+ * folder before they look at its files, and each page without
+ * attributes cost a LOOKUP per message.
+ */
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	if (conn->capable & FUSE_CAP_READDIRPLUS) {
+		conn->want |= FUSE_CAP_READDIRPLUS;
+		conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+	}
+}
+
 const struct fuse_lowlevel_ops fs_ops = {
+	.init = op_init,
 	.lookup = op_lookup,
 	.getattr = op_getattr,
 	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.opendir = op_opendir,
 	.open = op_open,
 	.read = op_read,
 	.release = op_release,

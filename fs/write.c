@@ -175,6 +175,10 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			rc = sync_move(fs->sync, st, umid, to);
 			give_back(fs, st);
 		}
+		/* the kernel keeps a message's name for an hour: what
+		 * it now holds must follow what the move becomes */
+		if (!rc)
+			moved_message(fs, umid, to, newparent, newname);
 		goto out;
 	}
 	if (rc != -ENOENT || special_name(parent, name))
@@ -342,6 +346,9 @@ void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		give_back(fs, st);
 	}
 	free(flagtext);
+	/* \Deleted hides it at once: the kernel must let its names go */
+	if (!rc)
+		flagged_message(fs, (int64_t)ino);
 	fuse_reply_err(req, -rc);
 }
 

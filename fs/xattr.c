@@ -75,9 +75,22 @@ void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 		 size_t size)
 {
 	char *value = NULL;
-	int rc = xattr_value(fs_of(req), ino, name, &value);
 	size_t len;
+	int rc;
 
+	count_req(req, REQ_GETXATTR);
+	/*
+	 * No security labels and no ACLs here: "not supported", not "no
+	 * such attribute". ls -l asks for both of every file; told they
+	 * are not supported, it stops asking for the rest of the device
+	 * (coreutils remembers it). Unlike ENOSYS, this stops the kernel
+	 * from nothing: user.convoyfs.* are still asked for.
+	 */
+	if (!strncmp(name, "security.", 9) || !strncmp(name, "system.", 7)) {
+		fuse_reply_err(req, EOPNOTSUPP);
+		return;
+	}
+	rc = xattr_value(fs_of(req), ino, name, &value);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -97,6 +110,7 @@ void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	char buf[256];
 	size_t len = 0;
 
+	count_req(req, REQ_LISTXATTR);
 	if (is_message_ino(ino)) {
 		for (size_t i = 0; i < sizeof(xattr_names) / sizeof(xattr_names[0]);
 		     i++) {

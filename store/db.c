@@ -346,6 +346,14 @@ static const char *const conn_pragmas[] = {
 	/* a checkpoint per ~40 MiB of WAL, not per batch of messages: a page
 	 * changed by several batches is copied back once */
 	"PRAGMA wal_autocheckpoint = 10000",
+	/*
+	 * A checkpoint resets the WAL but leaves its file as large as it
+	 * ever grew (a first sync of 100k messages, or a reader holding a
+	 * checkpoint back): cut it back to 64 MiB after each, above what
+	 * a checkpoint's worth takes, so that it is not cut and regrown
+	 * every time.
+	 */
+	"PRAGMA journal_size_limit = 67108864",
 };
 
 /*
