@@ -923,6 +923,9 @@ void sync_stop(struct sync *s)
 	pthread_cond_broadcast(&s->fetch_wake);
 	pthread_cond_broadcast(&s->fetch_done);
 	pthread_mutex_unlock(&s->lock);
+	/* a thread waiting on the network (connecting, or on a server that
+	 * stopped answering) gets an error now, not at its timeout */
+	tls_cancel_all();
 	/* the running job sees itself cancelled between batches */
 	jobq_shutdown(s->jobs);
 	if (s->started) {

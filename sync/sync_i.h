@@ -52,6 +52,13 @@ int deflate_start(mailstream *s);
  * not a deflate stream */
 mailstream_low *deflate_inner(mailstream_low *low, size_t *pending);
 
+/*
+ * tls_cancel_all - from now on every network wait of every connection
+ * (connect, handshake, read, write) fails at once with ECANCELED: the
+ * stop of the daemon, so that no thread waits out its timeout.
+ */
+void tls_cancel_all(void);
+
 /* tls_pending - bytes already decrypted and buffered, so poll() would
  * not see them. */
 size_t tls_pending(mailstream *s);

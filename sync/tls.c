@@ -12,6 +12,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -88,20 +89,47 @@ static void sigpipe_unblock(struct tls_sigpipe *g)
 	errno = saved;
 }
 
+/*
+ * A stop must not wait out the network timeout of each thread that is
+ * connecting, reading or writing: tls_cancel_all() makes this pipe
+ * readable for good, and every wait below watches it too.
+ */
+static int cancel_pipe[2] = { -1, -1 };
+static pthread_once_t cancel_once = PTHREAD_ONCE_INIT;
+
+static void cancel_init(void)
+{
+	if (pipe2(cancel_pipe, O_CLOEXEC | O_NONBLOCK))
+		cancel_pipe[0] = cancel_pipe[1] = -1;
+}
+
+void tls_cancel_all(void)
+{
+	pthread_once(&cancel_once, cancel_init);
+	if (cancel_pipe[1] >= 0 && write(cancel_pipe[1], "x", 1) < 0)
+		log_debug("cannot cancel the network waits: %s",
+			  strerror(errno));
+}
+
 /* Wait for @events on @fd until @deadline (now_ms() clock).
  * Returns 0 when ready (errors included: the next call reports them),
- * -ETIMEDOUT, or another -errno. */
+ * -ETIMEDOUT, -ECANCELED (tls_cancel_all), or another -errno. */
 static int tls_wait(int fd, short events, long long deadline)
 {
-	struct pollfd p = { .fd = fd, .events = events };
+	struct pollfd p[2] = { { .fd = fd, .events = events },
+			       { .fd = -1, .events = POLLIN } };
 	long long left;
 	int r;
 
+	pthread_once(&cancel_once, cancel_init);
+	p[1].fd = cancel_pipe[0];
 	for (;;) {
 		left = deadline - now_ms();
 		if (left <= 0)
 			return -ETIMEDOUT;
-		r = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+		r = poll(p, 2, left > INT_MAX ? INT_MAX : (int)left);
+		if (r > 0 && p[1].revents)
+			return -ECANCELED;
 		if (r > 0)
 			return 0;
 		if (r == 0)
@@ -517,6 +545,9 @@ static ssize_t tls_read(mailstream_low *s, void *buf, size_t count)
 			else if (rc == -ETIMEDOUT)
 				log_warn("no data from %s for %d s, giving up",
 					 t->host, t->timeout_ms / 1000);
+			else if (rc == -ECANCELED)
+				log_debug("read from %s cut short: stopping",
+					  t->host);
 			else
 				log_warn("cannot read from %s: %s", t->host,
 					 strerror(-rc));
@@ -581,9 +612,13 @@ static ssize_t tls_write(mailstream_low *s, const void *buf, size_t count)
 		rc = tls_wait(t->fd, events, deadline);
 		if (rc) {
 			t->failed = true;
-			log_warn("cannot write to %s: %s", t->host,
-				 rc == -ETIMEDOUT ? "timed out"
-						  : strerror(-rc));
+			if (rc == -ECANCELED)
+				log_debug("write to %s cut short: stopping",
+					  t->host);
+			else
+				log_warn("cannot write to %s: %s", t->host,
+					 rc == -ETIMEDOUT ? "timed out"
+							  : strerror(-rc));
 			return -1;
 		}
 	}
