@@ -584,7 +584,11 @@ static int conn_greeting(mailstream *st, const char *host, const char *port,
 	for (size_t i = 0; i < textlen; i++) {
 		unsigned char ch = text[i];
 
-		out[k++] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+		/* a text that starts with "[" is parsed as a response code
+		 * again ("* OK [][BADCHARSET (" crashes libetpan too) */
+		out[k++] = ch < 0x20 || ch == 0x7f || (!i && ch == '[')
+				   ? '?'
+				   : (char)ch;
 	}
 	out[k++] = '\r';
 	out[k++] = '\n';

@@ -161,7 +161,9 @@ class Greeting(scripted.ScriptedImap):
     b"* OK\r\n",
     b"* OK [CAPABILITY IMAP4rev1 \"odd] hi\x01\x7f there\r\n",
     b"* ok [READ-WRITE] lower case\r\n",
-], ids=["permanentflags-empty", "select-codes", "no-text", "bad-capability", "lower-case"])
+    b"* OK [][BADCHARSET (\r\n",  # found by fuzz_imap: a second code crashed libetpan
+], ids=["permanentflags-empty", "select-codes", "no-text", "bad-capability", "lower-case",
+        "empty-code-then-code"])
 def test_odd_but_valid_greetings_mount(server, mount, line):
     s = server(Greeting)
     s.line = line
