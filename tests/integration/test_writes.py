@@ -467,7 +467,8 @@ def test_kill_at_every_step_loses_and_duplicates_nothing(profile, action, tmp_pa
                 elif action == "rm":
                     r = subprocess.run("rm %s/*.eml" % d, shell=True, capture_output=True,
                                        text=True)
-                    assert r.returncode == 0, r.stderr
+                    assert r.returncode == 0, r.stderr[-1000:] + "\n--- convoyfs:\n" + \
+                        m.stderr()[-3000:]
                 elif action == "setfattr":
                     for f in os.listdir(d):
                         os.setxattr(os.path.join(d, f), "user.convoyfs.flags", b"\\Flagged")
