@@ -39,45 +39,70 @@ int sync_move(struct sync *s, struct store *st, int64_t umid, int64_t folder)
 	return rc;
 }
 
-/* the folder rm moves mail to: SPECIAL-USE \Trash, else one called
- * Trash at the top or under INBOX (where Cyrus keeps folders); 0 if
- * none */
-static int64_t trash_folder(struct store *st)
+/* whether @f is where rm moves mail: SPECIAL-USE \Trash (2), or one
+ * called Trash at the top or under INBOX, where Cyrus keeps folders (1) */
+static int trash_rank(const struct store_folder *f)
+{
+	const char *d = f->display;
+
+	if (f->role && !strcmp(f->role, "Trash"))
+		return 2;
+	if (!strcasecmp(d, "Trash") ||
+	    (!strncasecmp(d, "INBOX", 5) && d[5] && d[5] == f->delim &&
+	     !strcasecmp(d + 6, "Trash")))
+		return 1;
+	return 0;
+}
+
+/* the folder rm moves mail to, in *@id; -EPERM, said in the log, if
+ * there is none that holds mail */
+static int trash_folder(struct sync *s, struct store *st, int64_t *id)
 {
 	struct store_folder *v = NULL;
-	int64_t id = 0, named = 0;
+	const char *unusable = NULL;
+	int best = 0, rc;
 	size_t n = 0;
 
-	if (store_folder_list(st, &v, &n))
-		return 0;
-	for (size_t i = 0; i < n && !id; i++) {
-		const char *d = v[i].display;
+	*id = 0;
+	rc = store_folder_list(st, &v, &n);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < n && best < 2; i++) {
+		int r = trash_rank(&v[i]);
 
-		if (v[i].noselect)
+		if (r && v[i].noselect) {
+			unusable = unusable ? unusable : v[i].display;
 			continue;
-		if (v[i].role && !strcmp(v[i].role, "Trash"))
-			id = v[i].id;
-		else if (!named &&
-			 (!strcasecmp(d, "Trash") ||
-			  (!strncasecmp(d, "INBOX", 5) && d[5] == v[i].delim &&
-			   d[5] && !strcasecmp(d + 6, "Trash"))))
-			named = v[i].id;
+		}
+		if (r > best) {
+			best = r;
+			*id = v[i].id;
+		}
 	}
+	if (!*id && unusable)
+		log_warn("rm: the server lists %s as a folder that holds no "
+			 "mail (\\Noselect); nothing removed", unusable);
+	else if (!*id)
+		log_warn("rm: the server has no Trash folder (SPECIAL-USE "
+			 "\\Trash or one named Trash); nothing removed");
 	store_folder_list_free(v, n);
-	return id ? id : named;
+	if (*id)
+		return 0;
+	/* the folder list may be behind the server's (a Trash made or
+	 * finished since): the next rm sees a fresh one */
+	sync_request_refresh(s);
+	return -EPERM;
 }
 
 int sync_remove(struct sync *s, struct store *st, int64_t umid)
 {
-	int64_t trash = trash_folder(st);
 	struct store_msg m;
+	int64_t trash;
 	int rc;
 
-	if (!trash) {
-		log_warn("rm: the server has no Trash folder (SPECIAL-USE "
-			 "\\Trash or one named Trash); nothing removed");
-		return -EPERM;
-	}
+	rc = trash_folder(s, st, &trash);
+	if (rc)
+		return rc;
 	rc = store_msg_get(st, umid, &m);
 	if (rc)
 		return rc;
