@@ -305,6 +305,16 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"UPDATE ops SET last_error = ?2 WHERE id = ?1" },
 	[ST_OP_COUNT] = { "op_count", "SELECT count(*) FROM ops" },
 	/* the first ?1 ops and how many there are, in one statement */
+	[ST_SKIPPED_ADD] = { "skipped_add",
+		"INSERT OR IGNORE INTO skipped (folder, uid, uidvalidity, since) "
+		"VALUES (?1, ?2, ?3, ?4)" },
+	/* a row of an older UIDVALIDITY names another message: not listed */
+	[ST_SKIPPED_LIST] = { "skipped_list",
+		"SELECT s.folder, s.uid FROM skipped s JOIN folders f "
+		"ON f.id = s.folder AND f.uidvalidity = s.uidvalidity "
+		"ORDER BY s.folder, s.uid LIMIT ?1" },
+	[ST_SKIPPED_CLEAR] = { "skipped_clear",
+		"DELETE FROM skipped WHERE folder = ?1" },
 	[ST_OP_SUMMARY] = { "op_summary",
 		"SELECT " OP_COLUMNS_NO_FROM ", (SELECT count(*) FROM ops) "
 		"FROM ops ORDER BY id LIMIT ?1" },

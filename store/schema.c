@@ -299,6 +299,20 @@ static const char *const migrations[] = {
 	"CREATE UNIQUE INDEX ops_unsent ON ops (umid, kind) "
 	"WHERE umid IS NOT NULL AND sent = 0;"
 	"CREATE INDEX ops_umid ON ops (umid) WHERE umid IS NOT NULL;",
+
+	/*
+	 * messages left out because fetching them breaks the connection,
+	 * kept across restarts: the bookmark has moved past them, and a
+	 * later look (growth by date) must not fetch them again. Only
+	 * under the UIDVALIDITY they were seen with.
+	 */
+	"CREATE TABLE skipped ("
+	"  folder INTEGER NOT NULL REFERENCES folders(id) ON DELETE CASCADE,"
+	"  uid INTEGER NOT NULL,"
+	"  uidvalidity INTEGER NOT NULL,"
+	"  since INTEGER NOT NULL,"
+	"  PRIMARY KEY (folder, uid)"
+	") WITHOUT ROWID;",
 };
 /* clang-format on */
 

@@ -441,6 +441,25 @@ int store_op_count(struct store *s, uint64_t *n);
  * a folder to @name (a LIST must not drop it meanwhile) */
 int store_op_folder_pending(struct store *s, const char *name, bool *yes);
 
+/* ---- messages whose FETCH breaks the connection (skipped.c) ---- */
+
+struct store_skipped {
+	int64_t folder;
+	uint32_t uid;
+};
+
+/* store_skipped_add - remember UID @uid of @folder, seen under
+ * @uidvalidity, as left out; a second add of it is a no-op */
+int store_skipped_add(struct store *s, int64_t folder, uint32_t uid,
+		      uint32_t uidvalidity);
+/* store_skipped_list - up to @max of them, under each folder's current
+ * UIDVALIDITY, into @out (caller frees @out); *@n how many */
+int store_skipped_list(struct store *s, size_t max,
+		       struct store_skipped **out, size_t *n);
+/* store_skipped_clear - forget those of @folder (its UIDs name other
+ * messages now) */
+int store_skipped_clear(struct store *s, int64_t folder);
+
 /* ---- body cache: exact server bytes, one file per umid ---- */
 
 /*

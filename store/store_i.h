@@ -99,6 +99,10 @@ enum store_stmt {
 	ST_OP_APPEND_ROW,
 	ST_OP_STAGED_USED,
 	ST_OP_SUMMARY,
+	/* skipped.c */
+	ST_SKIPPED_ADD,
+	ST_SKIPPED_LIST,
+	ST_SKIPPED_CLEAR,
 	ST__COUNT
 };
 

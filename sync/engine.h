@@ -127,8 +127,9 @@ struct watcher {
  * would stop its folder for ever. The UIDs of the FETCH that broke are
  * suspects; each retry fetches half of them (refresh.c, grow.c), the
  * half that goes well is cleared, and one UID that breaks the
- * connection twice alone is skipped: the bookmark moves past it, so it
- * stays out until the folder is learned again. One hunt per folder, a
+ * connection twice alone is skipped: the bookmark moves past it, and
+ * the store keeps it (also across restarts) until the folder is learned
+ * again under a new UIDVALIDITY. One hunt per folder, a
  * few folders at a time.
  */
 #define SYNC_HUNTS 8
@@ -317,6 +318,9 @@ void sync_hunt_clip(struct sync *s, int64_t folder, uint32_t a, uint32_t *b);
 void sync_hunt_cleared(struct sync *s, int64_t folder, uint32_t a, uint32_t b);
 void sync_hunt_broke(struct sync *s, const struct store_folder *f, uint32_t a,
 		     uint32_t b);
+/* sync_poisoned_load - the messages an earlier run skipped (the store
+ * keeps them), said again in the log and the status file */
+void sync_poisoned_load(struct sync *s);
 
 /* refresh.c: the messages at sequence numbers [@first, @last] of @f
  * (a folder's newest batch, or grow's next one), written with the

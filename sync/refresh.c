@@ -171,6 +171,44 @@ void sync_hunt_broke(struct sync *s, const struct store_folder *f, uint32_t a,
 		return; /* bounded: the oldest ones stay skipped */
 	s->poisoned[s->npoisoned++] =
 		(struct sync_poisoned){ .folder = f->id, .uid = a };
+	/* a restart must neither forget nor fetch it again */
+	if (store_skipped_add(s->st, f->id, a, f->uidvalidity))
+		log_warn("folder %s: cannot keep UID %u as skipped", f->name,
+			 a);
+}
+
+void sync_poisoned_load(struct sync *s)
+{
+	struct store_skipped *v = NULL;
+	struct store_folder f = { 0 };
+	char why[200] = "";
+	size_t n = 0;
+
+	if (store_skipped_list(s->st, SYNC_POISONED_MAX, &v, &n) || !n) {
+		free(v);
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		s->poisoned[i] = (struct sync_poisoned){ .folder = v[i].folder,
+							 .uid = v[i].uid,
+							 .told = true };
+		if (f.id != v[i].folder) {
+			store_folder_release(&f);
+			f.id = 0;
+			if (store_folder_get(s->st, v[i].folder, &f))
+				continue;
+		}
+		snprintf(why, sizeof(why),
+			 "folder %s: UID %u skipped: fetching it broke the "
+			 "connection",
+			 f.name, v[i].uid);
+		log_warn("%s (found by an earlier run)", why);
+	}
+	s->npoisoned = n;
+	store_folder_release(&f);
+	if (why[0])
+		sync_set_error(s, why);
+	free(v);
 }
 
 /* run one FETCH into @b; a link that drops mid-command makes the next
@@ -628,6 +666,8 @@ static int new_uidvalidity(struct sync *s, struct store_folder *f,
 	rc = store_begin(s->st);
 	if (!rc)
 		rc = store_folder_orphan_all(s->st, f->id);
+	if (!rc)
+		rc = store_skipped_clear(s->st, f->id);
 	f->uidvalidity = uidvalidity;
 	f->uidnext = f->low_uid = 0;
 	f->highestmodseq = 0;

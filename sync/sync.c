@@ -888,6 +888,7 @@ int sync_start(struct sync *s)
 				 ".convoyfs/recovered/",
 				 kept, kept == 1 ? "" : "s");
 	}
+	sync_poisoned_load(s);
 	/* ops a previous run left go first, before any refresh: one
 	 * sent before a crash must find the rows as it left them */
 	ops_kick(s, s->st);

@@ -383,6 +383,32 @@ def test_a_poison_message_found_while_growing(server, mount):
     assert not meta_fetches(s, start)
 
 
+def test_a_skipped_message_stays_skipped_and_said_after_a_restart(server, mount):
+    """The store keeps what was skipped: a new run on the same cache says
+    again which message is missing (log and status), and neither the
+    refresh nor growth by date fetches it again."""
+    s = server(BadMeta, n=12)
+    s.kind = "garbage"
+    s.bad = 5
+    m = mount(s, options={"sync_days": "36500"}, idle_timeout=200)
+    assert sorted(files(m)) == [u for u in range(1, 13) if u != 5], m.stderr()[-3000:]
+    assert "folder INBOX: UID 5 skipped" in m.stderr()
+    assert m.stop() == 0
+    broken = s.broken
+    start = len(s.commands)
+    m2 = mount(s, name="again", cache_dir=m.cache_dir,
+               options={"sync_days": "36500"}, idle_timeout=200)
+    assert sorted(files(m2)) == [u for u in range(1, 13) if u != 5]
+    assert "folder INBOX: UID 5 skipped: fetching it broke the connection " \
+        "(found by an earlier run)" in m2.stderr(), m2.stderr()[-3000:]
+    assert re.search(r"(?m)^last error: folder INBOX: UID 5 skipped", m2.status()), m2.status()
+    with open(os.path.join(m2.path, ".convoyfs", "ctl"), "w") as f:
+        f.write("sync\n")
+    m2.wait_idle(60)
+    assert_bounded_and_quiet(m2)
+    assert s.broken == broken
+
+
 def test_poison_messages_in_two_folders_are_both_isolated(server, mount):
     """Each folder keeps its own hunt: two folders that break the
     connection in turn do not undo each other's progress."""

@@ -307,7 +307,7 @@ static void sleep_ms(int ms)
 
 static const char *const tables[] = {
 	"folders",    "flagsets", "conversations", "messages",
-	"header_ids", "ops",	  "bodies",
+	"header_ids", "ops",	  "bodies",	   "skipped",
 };
 
 static int test_migrate(void)
@@ -759,6 +759,8 @@ static int test_flagsets_in_tx(void)
 	" < (first_date, coalesce(first_message_id, ''), first_umid))"
 
 static const char v2_schema[] =
+	/* what version 8 added */
+	"DROP TABLE skipped;"
 	/* what version 4 added */
 	"DROP INDEX messages_orphans;"
 	"ALTER TABLE messages DROP COLUMN emailid;"
@@ -830,7 +832,7 @@ static int test_migrate_v2(void)
 	CHECK(raw_int(db, "PRAGMA user_version", 0) == 2);
 
 	CHECK_RC(store_open(dir, &s), 0);
-	CHECK(raw_int(db, "PRAGMA user_version", 0) == 7);
+	CHECK(raw_int(db, "PRAGMA user_version", 0) == 8);
 	CHECK(raw_int(db,
 		      "SELECT count(*) FROM sqlite_master WHERE name IN "
 		      "('messages_flagset_insert', 'messages_conv_insert', "
@@ -912,9 +914,10 @@ static int test_migrate_v4(void)
 			   "UPDATE folders SET complete_since = 12345 "
 			   "WHERE name = 'Archive';"
 			   "ALTER TABLE messages DROP COLUMN real_size;"
+			   "DROP TABLE skipped;"
 			   "PRAGMA user_version = 4;") == SQLITE_OK);
 	CHECK_RC(store_open(dir, &s), 0);
-	CHECK(raw_int(db, "PRAGMA user_version", 0) == 7);
+	CHECK(raw_int(db, "PRAGMA user_version", 0) == 8);
 	CHECK(raw_int(db, "SELECT count(*) FROM folders WHERE "
 			  "complete_since IS NOT 0",
 		      0) == 0);
@@ -1239,6 +1242,49 @@ static int test_uids(void)
 			CHECK(uids[j] == cases[i].want[j]);
 		free(uids);
 	}
+	store_close(s);
+	free(dir);
+	return 0;
+}
+
+static int test_skipped(void)
+{
+	char *dir = test_dir("skipped");
+	struct store_skipped *v;
+	int64_t inbox, other;
+	struct store *s;
+	sqlite3 *db;
+	size_t n;
+
+	CHECK_RC(store_open(dir, &s), 0);
+	db = raw_open(dir);
+	inbox = add_folder(s, "INBOX");
+	other = add_folder(s, "Other");
+	CHECK(raw_exec(db, "UPDATE folders SET uidvalidity = 7") == SQLITE_OK);
+	CHECK_RC(store_skipped_add(s, inbox, 9, 7), 0);
+	CHECK_RC(store_skipped_add(s, inbox, 9, 7), 0); /* again: kept once */
+	CHECK_RC(store_skipped_add(s, inbox, 4294967295u, 7), 0);
+	CHECK_RC(store_skipped_add(s, other, 3, 7), 0);
+	/* seen under an older UIDVALIDITY: names another message now */
+	CHECK_RC(store_skipped_add(s, other, 5, 6), 0);
+	CHECK_RC(store_skipped_list(s, 10, &v, &n), 0);
+	CHECK(n == 3);
+	CHECK(v[0].folder == inbox && v[0].uid == 9);
+	CHECK(v[1].folder == inbox && v[1].uid == 4294967295u);
+	CHECK(v[2].folder == other && v[2].uid == 3);
+	free(v);
+	/* bounded */
+	CHECK_RC(store_skipped_list(s, 1, &v, &n), 0);
+	CHECK(n == 1 && v[0].uid == 9);
+	free(v);
+	CHECK_RC(store_skipped_clear(s, inbox), 0);
+	CHECK_RC(store_skipped_list(s, 10, &v, &n), 0);
+	CHECK(n == 1 && v[0].folder == other);
+	free(v);
+	/* a folder that goes takes its rows */
+	CHECK_RC(store_folder_delete(s, other), 0);
+	CHECK(raw_int(db, "SELECT count(*) FROM skipped", 0) == 0);
+	sqlite3_close(db);
 	store_close(s);
 	free(dir);
 	return 0;
@@ -1878,6 +1924,7 @@ static const struct {
 	{ "list_paging", test_list_paging },
 	{ "uids", test_uids },
 	{ "folder_delete", test_folder_delete },
+	{ "skipped", test_skipped },
 	{ "bodies", test_bodies },
 	{ "bodies_batch", test_bodies_batch },
 	{ "trim", test_trim },
