@@ -132,6 +132,9 @@ struct watcher {
  * again under a new UIDVALIDITY. One hunt per folder, a
  * few folders at a time.
  */
+/* seconds to the next round after one that ran out of disk space */
+#define SYNC_RETRY_SOON_S 10
+
 #define SYNC_HUNTS 8
 struct sync_hunt {
 	int64_t folder; /* 0: no hunt */
@@ -183,6 +186,8 @@ struct sync {
 	long long retry_at_ms; /* no new connection before */
 	long long next_round_ms;
 	bool round_full; /* the round running refreshes every folder */
+	bool retry_soon; /* a folder of this round failed for want of
+			    local space: the next round comes sooner */
 	struct imap_mailbox *listed; /* the last LIST (with LIST-STATUS,
 					each folder's status) */
 	size_t nlisted;

@@ -286,20 +286,37 @@ static void folder_job_free(void *arg)
 	free(arg);
 }
 
-/* a job's result as a line for the folder's status */
-static void note_result(struct sync *s, int64_t folder, const char *what,
-			int rc)
+/* a job's result as a line for the folder's status, and in the log when
+ * the folder was not failing so already */
+static void note_result(struct sync *s, const struct store_folder *f,
+			const char *what, int rc)
 {
 	char why[160];
+	bool again;
 
 	if (!rc || rc == -ECANCELED || rc == -ENOTCONN) {
 		if (!rc)
-			sync_note_ok(s, folder);
+			sync_note_ok(s, f->id);
 		return;
 	}
 	snprintf(why, sizeof(why), "%s: %s", what,
 		 rc == -EREMOTE ? "refused by the server" : strerror(-rc));
-	sync_note_failed(s, folder, why);
+	pthread_mutex_lock(&s->lock);
+	again = note_of(s, f->id)->failed &&
+		!strcmp(note_of(s, f->id)->error, why);
+	pthread_mutex_unlock(&s->lock);
+	sync_note_failed(s, f->id, why);
+	if (rc == -ENOSPC) {
+		char e[200];
+
+		/* space may come back any moment: look again soon */
+		s->retry_soon = true;
+		snprintf(e, sizeof(e), "no space left for the store in %s",
+			 s->cfg.cache_dir);
+		sync_set_error(s, e);
+	}
+	if (!again)
+		log_warn("folder %s: %s", f->name, why);
 }
 
 /* load folder @id for a job; false (and *@rc) if there is nothing to do */
@@ -361,12 +378,12 @@ static int run_folder(struct job *j, void *arg)
 	s->suspect = f.id;
 	if (fj->grow) {
 		rc = grow_folder(s, &f, j, fj->to_the_end);
-		note_result(s, f.id, "learning older mail", rc < 0 ? rc : 0);
+		note_result(s, &f, "learning older mail", rc < 0 ? rc : 0);
 		if (rc == 1)
 			rc = submit_grow(s, j, fj);
 	} else {
 		rc = refresh_folder(s, &f, j);
-		note_result(s, f.id, "refresh", rc);
+		note_result(s, &f, "refresh", rc);
 		if (!rc && !sync_settled(s, &f))
 			rc = submit_grow(s, j, fj);
 	}
@@ -646,6 +663,7 @@ static void start_round(struct sync *s, bool full)
 	if (s->round)
 		return;
 	s->round_full = full;
+	s->retry_soon = false;
 	rc = store_msg_max_umid(s->st, &s->pass_start);
 	if (rc)
 		s->pass_start = INT64_MAX; /* no twin matching this pass */
@@ -690,6 +708,7 @@ static void purge_orphans(struct sync *s)
 static void finish_round(struct sync *s)
 {
 	int rc = jobq_wait(s->jobs, s->round, 0);
+	unsigned wait_s;
 
 	job_unref(s->round);
 	s->round = NULL;
@@ -698,7 +717,10 @@ static void finish_round(struct sync *s)
 		purge_orphans(s);
 	if (!rc && s->round_full)
 		s->full_done = true;
-	s->next_round_ms = now_ms() + (long long)s->cfg.poll_interval * 1000;
+	wait_s = s->cfg.poll_interval;
+	if (s->retry_soon && wait_s > SYNC_RETRY_SOON_S)
+		wait_s = SYNC_RETRY_SOON_S;
+	s->next_round_ms = now_ms() + (long long)wait_s * 1000;
 	pthread_mutex_lock(&s->lock);
 	/* a folder that failed says so in its own line */
 	s->first_sync_done = true;

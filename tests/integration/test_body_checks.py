@@ -5,6 +5,7 @@ with two bodies, and that says RFC822.SIZE larger, smaller or 0. The
 mount never serves bytes the server did not send for that message, and
 cat, cp and mmap return exactly the server's bytes."""
 
+import contextlib
 import errno
 import mmap
 import os
@@ -260,6 +261,66 @@ def test_full_cache_disk_says_enospc_and_recovers(mount, tmp_path):
             assert fh.read() == msgs[0].data
         m.stop()
         con = sqlite3.connect(str(cache / "c" / "cache.db"))
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        con.close()
+    finally:
+        s.cleanup()
+        subprocess.run(["umount", "-l", str(cache)], check=False)
+
+
+def fill(path, leave=0):
+    """Fill the file system of @path with a file at @path, then give back
+    @leave bytes of it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError) as e:
+            while True:
+                os.write(fd, b"\0" * 65536)
+        assert e.value.errno == errno.ENOSPC
+        # the last blocks a byte at a time, so the disk is full indeed
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0")
+    finally:
+        os.close(fd)
+    if leave:
+        os.truncate(path, max(0, os.path.getsize(path) - leave))
+
+
+def test_full_disk_during_the_first_sync_is_said_and_recovers(mount, tmp_path):
+    """The store's own disk fills during the first sync (the cache on a
+    2 MB tmpfs with 300 kB free, 3000 messages to learn): the folder's
+    status line and the last error say so, the log says it once, nothing
+    crashes; when space returns the sync finishes without waiting for the
+    next poll, and PRAGMA integrity_check is ok."""
+    # the tmpfs is the cache directory itself: the daemon's stderr is kept
+    # beside it, where there is room
+    cache = tmp_path / "small" / "c"
+    cache.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(cache)],
+                   check=True)
+    s = scripted.ScriptedImap()
+    try:
+        msgs = [s.add("INBOX", body(i)) for i in range(1, 3001)]
+        filler = cache / "filler"
+        fill(filler, leave=300_000)
+        m = mount(s, cache_dir=str(cache), wait_idle=False,
+                  options={"poll_interval": "3600"})
+        harness.wait_until(
+            lambda: re.search(r"(?m)^folder INBOX: .*failed: refresh: No space left on device",
+                              m.status()), 120, interval=0.2, what="the folder failing")
+        assert re.search(r"(?m)^last error: no space left for the store in ", m.status())
+        assert m.stderr().count("folder INBOX: refresh: No space left on device") == 1
+        os.unlink(filler)
+        m.wait_idle(90)
+        assert re.search(r"(?m)^folder INBOX: 3000/3000 messages, complete$", m.status()), \
+            m.status()
+        f = files(m)
+        assert len(f) == 3000
+        with open(f[1], "rb") as fh:
+            assert fh.read() == msgs[0].data
+        assert m.stop() == 0
+        con = sqlite3.connect(str(cache / "cache.db"))
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         con.close()
     finally:
