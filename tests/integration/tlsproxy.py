@@ -62,6 +62,11 @@ class LineProxy:
             with contextlib.suppress(OSError):
                 raw.close()
             return
+        # the timeout was for the handshakes: a session may rightly sit
+        # silent for minutes (IDLE, an idle fetcher), and close() ends
+        # the reads by shutting the sockets down
+        down.settimeout(None)
+        up.settimeout(None)
         with self._lock:
             self._conns += [down, up]
             n = len(self.accepted)
