@@ -18,7 +18,7 @@ static bool log_tty; /* stderr is a terminal */
 static char log_cats[256];
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void oom(void)
+void xoom(void)
 {
 	fputs("convoyfs: out of memory\n", stderr);
 	abort();
@@ -28,7 +28,7 @@ void *xmalloc(size_t n)
 {
 	void *p = malloc(n ? n : 1);
 	if (!p)
-		oom();
+		xoom();
 	return p;
 }
 
@@ -36,7 +36,7 @@ void *xcalloc(size_t count, size_t size)
 {
 	void *p = calloc(count ? count : 1, size ? size : 1);
 	if (!p)
-		oom();
+		xoom();
 	return p;
 }
 
@@ -44,7 +44,7 @@ void *xrealloc(void *p, size_t n)
 {
 	p = realloc(p, n ? n : 1);
 	if (!p)
-		oom();
+		xoom();
 	return p;
 }
 
@@ -52,7 +52,7 @@ char *xstrdup(const char *s)
 {
 	char *p = strdup(s);
 	if (!p)
-		oom();
+		xoom();
 	return p;
 }
 
@@ -60,7 +60,7 @@ char *xstrndup(const char *s, size_t n)
 {
 	char *p = strndup(s, n);
 	if (!p)
-		oom();
+		xoom();
 	return p;
 }
 
@@ -71,7 +71,7 @@ char *xasprintf(const char *fmt, ...)
 
 	va_start(ap, fmt);
 	if (vasprintf(&p, fmt, ap) < 0)
-		oom();
+		xoom();
 	va_end(ap);
 	return p;
 }

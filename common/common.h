@@ -9,6 +9,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* xoom - say "convoyfs: out of memory" on stderr and abort: what every
+ * failed allocation ends in, ours (the x* functions) or a library's */
+void xoom(void) __attribute__((noreturn));
 void *xmalloc(size_t n);
 void *xcalloc(size_t count, size_t size);
 void *xrealloc(void *p, size_t n);

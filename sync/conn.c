@@ -268,7 +268,6 @@ static int conn_capability(mailimap *imap)
 {
 	struct mailimap_capability_data *cd = NULL;
 	struct mailimap_connection_info *ci = imap->imap_connection_info;
-	clist *none;
 	int r;
 
 	/*
@@ -278,10 +277,11 @@ static int conn_capability(mailimap *imap)
 	 * in the cache makes that "no capabilities"; a CAPABILITY line
 	 * replaces it.
 	 */
-	if (ci && !ci->imap_capability && (none = clist_new())) {
-		ci->imap_capability = mailimap_capability_data_new(none);
-		if (!ci->imap_capability)
-			clist_free(none);
+	if (ci && !ci->imap_capability) {
+		clist *none = imap_must(clist_new());
+
+		ci->imap_capability =
+			imap_must(mailimap_capability_data_new(none));
 	}
 	r = mailimap_capability(imap, &cd);
 

@@ -83,12 +83,8 @@ static int objectid_parse(int calling, mailstream *fd, MMAPString *buf,
 			return MAILIMAP_ERROR_PARSE;
 		id = xstrndup(s, (size_t)(q - s));
 		q++;
-		*result = mailimap_extension_data_new(&objectid_api,
-						      words[i].type, id);
-		if (!*result) {
-			free(id);
-			return MAILIMAP_ERROR_MEMORY;
-		}
+		*result = imap_must(mailimap_extension_data_new(
+			&objectid_api, words[i].type, id));
 		*indx = (size_t)(q - buf->str);
 		return MAILIMAP_NO_ERROR;
 	}
@@ -165,16 +161,18 @@ static int grade(struct conn *c, int rc, const char *what)
 int imap_prepare(struct conn *c)
 {
 	struct mailimap_capability_data *want, *enabled = NULL;
+	struct mailimap_capability *qresync;
 	clist *caps;
 	int rc;
 
 	if (!(c->caps & CAP_QRESYNC) || !(c->caps & CAP_ENABLE) ||
 	    !(c->caps & CAP_CONDSTORE))
 		return IMAP_OK;
-	caps = clist_new();
-	clist_append(caps, mailimap_capability_new(MAILIMAP_CAPABILITY_NAME,
-						   NULL, xstrdup("QRESYNC")));
-	want = mailimap_capability_data_new(caps);
+	qresync = imap_must(mailimap_capability_new(MAILIMAP_CAPABILITY_NAME,
+						    NULL, xstrdup("QRESYNC")));
+	caps = imap_must(clist_new());
+	imap_must_ok(clist_append(caps, qresync));
+	want = imap_must(mailimap_capability_data_new(caps));
 	rc = mailimap_enable(c->imap, want, &enabled);
 	mailimap_capability_data_free(want);
 	if (enabled)
@@ -399,6 +397,19 @@ int imap_look(struct conn *c, const char *name, struct imap_box *out)
 
 static void read_status_info(clist *info, struct imap_box *out);
 
+/*
+ * mailimap_status_att_list_add with the item allocated here: 1.9.4's
+ * does not check its malloc (mailimap_types_helper.c) and would write
+ * through NULL
+ */
+static void status_att_add(struct mailimap_status_att_list *atts, int att)
+{
+	int *p = xmalloc(sizeof(*p));
+
+	*p = att;
+	imap_must_ok(clist_append(atts->att_list, p));
+}
+
 int imap_status(struct conn *c, const char *name, struct imap_box *out)
 {
 	struct mailimap_status_att_list *atts;
@@ -409,13 +420,12 @@ int imap_status(struct conn *c, const char *name, struct imap_box *out)
 	memset(out, 0, sizeof(*out));
 	if (!conn_name_ok(name))
 		return IMAP_FOLDER_BAD;
-	atts = mailimap_status_att_list_new_empty();
-	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_MESSAGES);
-	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_UIDNEXT);
-	mailimap_status_att_list_add(atts, MAILIMAP_STATUS_ATT_UIDVALIDITY);
+	atts = imap_must(mailimap_status_att_list_new_empty());
+	status_att_add(atts, MAILIMAP_STATUS_ATT_MESSAGES);
+	status_att_add(atts, MAILIMAP_STATUS_ATT_UIDNEXT);
+	status_att_add(atts, MAILIMAP_STATUS_ATT_UIDVALIDITY);
 	if (c->caps & CAP_CONDSTORE)
-		mailimap_status_att_list_add(atts,
-					     MAILIMAP_STATUS_ATT_HIGHESTMODSEQ);
+		status_att_add(atts, MAILIMAP_STATUS_ATT_HIGHESTMODSEQ);
 	rc = mailimap_status(c->imap, name, atts, &st);
 	mailimap_status_att_list_free(atts);
 	if (rc != MAILIMAP_NO_ERROR) {
@@ -740,37 +750,32 @@ static struct mailimap_fetch_type *fetch_type(const struct conn *c,
 					      enum imap_items items)
 {
 	struct mailimap_fetch_type *ft;
+	struct mailimap_section *sec;
 	clist *hdrs;
 
-	ft = mailimap_fetch_type_new_fetch_att_list_empty();
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-						   mailimap_fetch_att_new_uid());
+	ft = imap_must(mailimap_fetch_type_new_fetch_att_list_empty());
+	imap_fetch_add(ft, mailimap_fetch_att_new_uid());
 	if (items == IMAP_ITEMS_UID)
 		return ft;
 	if (items == IMAP_ITEMS_DATE) {
-		mailimap_fetch_type_new_fetch_att_list_add(
-			ft, mailimap_fetch_att_new_internaldate());
+		imap_fetch_add(ft, mailimap_fetch_att_new_internaldate());
 		return ft;
 	}
-	mailimap_fetch_type_new_fetch_att_list_add(
-		ft, mailimap_fetch_att_new_flags());
+	imap_fetch_add(ft, mailimap_fetch_att_new_flags());
 	if (items == IMAP_ITEMS_FLAGS)
 		return ft;
-	mailimap_fetch_type_new_fetch_att_list_add(
-		ft, mailimap_fetch_att_new_internaldate());
-	mailimap_fetch_type_new_fetch_att_list_add(
-		ft, mailimap_fetch_att_new_rfc822_size());
+	imap_fetch_add(ft, mailimap_fetch_att_new_internaldate());
+	imap_fetch_add(ft, mailimap_fetch_att_new_rfc822_size());
 	if (c->caps & CAP_OBJECTID)
-		mailimap_fetch_type_new_fetch_att_list_add(
-			ft, mailimap_fetch_att_new_extension(xstrdup("EMAILID")));
-	hdrs = clist_new();
+		imap_fetch_add(ft, mailimap_fetch_att_new_extension(
+					   xstrdup("EMAILID")));
+	hdrs = imap_must(clist_new());
 	for (size_t i = 0; i < sizeof(header_fields) / sizeof(header_fields[0]);
 	     i++)
-		clist_append(hdrs, xstrdup(header_fields[i]));
-	mailimap_fetch_type_new_fetch_att_list_add(
-		ft, mailimap_fetch_att_new_body_peek_section(
-			    mailimap_section_new_header_fields(
-				    mailimap_header_list_new(hdrs))));
+		imap_must_ok(clist_append(hdrs, xstrdup(header_fields[i])));
+	sec = imap_must(mailimap_section_new_header_fields(
+		imap_must(mailimap_header_list_new(hdrs))));
+	imap_fetch_add(ft, mailimap_fetch_att_new_body_peek_section(sec));
 	return ft;
 }
 
@@ -847,7 +852,8 @@ static int fetch_of_set(struct conn *c, struct imap_fetch *f,
 
 int imap_fetch(struct conn *c, struct imap_fetch *f)
 {
-	return fetch_of_set(c, f, mailimap_set_new_interval(f->first, f->last));
+	return fetch_of_set(
+		c, f, imap_must(mailimap_set_new_interval(f->first, f->last)));
 }
 
 void imap_fetch_release(struct imap_fetch *f)
@@ -1066,9 +1072,7 @@ int imap_list_status(struct conn *c, struct imap_mailbox **out, size_t *n)
 			     "UIDVALIDITY))",
 		     NULL, NULL);
 	if (!r) {
-		pc = mailimap_parser_context_new(c->imap);
-		if (!pc)
-			return grade(c, MAILIMAP_ERROR_MEMORY, "list folders");
+		pc = imap_must(mailimap_parser_context_new(c->imap));
 		r = mailimap_response_parse(c->imap->imap_stream,
 					    c->imap->imap_stream_buffer, pc,
 					    &indx, &rsp, 0, NULL);
@@ -1175,10 +1179,11 @@ size_t imap_uid_ranges(const uint32_t *uids, size_t n, uint32_t merge_from,
 
 struct mailimap_set *imap_set_of(const struct imap_uid_range *v, size_t n)
 {
-	struct mailimap_set *set = mailimap_set_new_empty();
+	struct mailimap_set *set = imap_must(mailimap_set_new_empty());
 
 	for (size_t i = 0; i < n; i++)
-		mailimap_set_add_interval(set, v[i].first, v[i].last);
+		imap_must_ok(
+			mailimap_set_add_interval(set, v[i].first, v[i].last));
 	return set;
 }
 
@@ -1202,7 +1207,8 @@ static struct mailimap_date *search_day(int64_t t)
 	struct tm tm;
 
 	gmtime_r(&tt, &tm);
-	return mailimap_date_new(tm.tm_mday, tm.tm_mon + 1, tm.tm_year + 1900);
+	return imap_must(mailimap_date_new(tm.tm_mday, tm.tm_mon + 1,
+					   tm.tm_year + 1900));
 }
 
 static int cmp_u32(const void *a, const void *b)
@@ -1243,17 +1249,14 @@ int imap_uid_search_set(struct conn *c, const struct imap_uid_range *v,
 	*nuids = 0;
 	if (!n)
 		return IMAP_OK;
-	key = mailimap_search_key_new_multiple_empty();
-	mailimap_search_key_multiple_add(
-		key, mailimap_search_key_new_uid(imap_set_of(v, n)));
+	key = imap_must(mailimap_search_key_new_multiple_empty());
+	imap_search_add(key, mailimap_search_key_new_uid(imap_set_of(v, n)));
 	if (since > 0)
-		mailimap_search_key_multiple_add(
-			key,
-			mailimap_search_key_new_since(search_day(since)));
+		imap_search_add(
+			key, mailimap_search_key_new_since(search_day(since)));
 	if (before > 0)
-		mailimap_search_key_multiple_add(
-			key,
-			mailimap_search_key_new_before(search_day(before)));
+		imap_search_add(key, mailimap_search_key_new_before(
+					     search_day(before)));
 	rc = mailimap_uid_search(c->imap, NULL, key, &result);
 	mailimap_search_key_free(key);
 	if (rc != MAILIMAP_NO_ERROR) {

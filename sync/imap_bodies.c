@@ -100,12 +100,10 @@ static int fetch_set(struct conn *c, const struct imap_uid_range *v, size_t n,
 	if (!n)
 		return IMAP_OK;
 	set = imap_set_of(v, n);
-	ft = mailimap_fetch_type_new_fetch_att_list_empty();
-	mailimap_fetch_type_new_fetch_att_list_add(ft,
-						   mailimap_fetch_att_new_uid());
-	mailimap_fetch_type_new_fetch_att_list_add(
-		ft, mailimap_fetch_att_new_body_peek_section(
-			    mailimap_section_new(NULL)));
+	ft = imap_must(mailimap_fetch_type_new_fetch_att_list_empty());
+	imap_fetch_add(ft, mailimap_fetch_att_new_uid());
+	imap_fetch_add(ft, mailimap_fetch_att_new_body_peek_section(
+				   imap_must(mailimap_section_new(NULL))));
 	mailimap_set_msg_body_handler(c->imap, on_bytes, &bc);
 	mailimap_set_msg_att_handler(c->imap, on_att, &bc);
 	mailimap_set_progress_callback(c->imap, imap_no_progress,

@@ -1,15 +1,60 @@
 /*
  * imap_i.h - shared by the files of the IMAP layer (imap.c, imap_poll.c,
  * imap_bodies.c)
- * and by nothing else: libetpan's lower-level senders and parser, and
- * the helpers for commands libetpan has no builder for.
+ * and by nothing else: the checks of libetpan's builders, libetpan's
+ * lower-level senders and parser, and the helpers for commands libetpan
+ * has no builder for.
  */
 #ifndef CONVOY_IMAP_I_H
 #define CONVOY_IMAP_I_H
 
 #include <libetpan/libetpan.h>
 
+#include "common.h"
 #include "sync_i.h"
+
+/*
+ * imap_must - @p, the result of a libetpan builder (mailimap_*_new*,
+ * clist_new, ...), or abort as the xmalloc family does when it is NULL.
+ * A builder returns NULL only when an allocation failed, and a NULL
+ * handed on to the next builder or command is dereferenced inside
+ * libetpan. Aborting also settles ownership on failure: what a failed
+ * builder was given is not taken, and never needs freeing.
+ */
+static inline void *imap_must(void *p)
+{
+	if (!p)
+		xoom();
+	return p;
+}
+
+/*
+ * imap_must_ok - the same for the builders that return an int
+ * (clist_append, mailimap_*_add*): 0 (MAILIMAP_NO_ERROR), or -1 or
+ * MAILIMAP_ERROR_MEMORY when an allocation failed, the item not taken.
+ */
+static inline void imap_must_ok(int r)
+{
+	if (r)
+		xoom();
+}
+
+/* imap_fetch_add - @att (a builder's result, checked here) added to
+ * fetch type @ft, which takes it */
+static inline void imap_fetch_add(struct mailimap_fetch_type *ft,
+				  struct mailimap_fetch_att *att)
+{
+	imap_must_ok(
+		mailimap_fetch_type_new_fetch_att_list_add(ft, imap_must(att)));
+}
+
+/* imap_search_add - @key (a builder's result, checked here) added to
+ * the AND of search key @keys, which takes it */
+static inline void imap_search_add(struct mailimap_search_key *keys,
+				   struct mailimap_search_key *key)
+{
+	imap_must_ok(mailimap_search_key_multiple_add(keys, imap_must(key)));
+}
 
 /* exported by libetpan.so, declared in headers it does not install */
 int mailimap_token_send(mailstream *fd, const char *token);

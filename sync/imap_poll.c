@@ -34,9 +34,7 @@ int imap_reply_tree(struct conn *c, int tag, struct mailimap_response **out,
 
 	*out = NULL;
 	*ok = false;
-	pc = mailimap_parser_context_new(c->imap);
-	if (!pc)
-		return MAILIMAP_ERROR_MEMORY;
+	pc = imap_must(mailimap_parser_context_new(c->imap));
 	r = mailimap_response_parse(c->imap->imap_stream,
 				    c->imap->imap_stream_buffer, pc, &indx,
 				    &rsp, 0, NULL);

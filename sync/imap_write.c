@@ -57,15 +57,6 @@ static uint64_t ranges_count(const struct imap_uid_range *v, size_t n)
 	return k;
 }
 
-static struct mailimap_set *set_of(const struct imap_uid_range *v, size_t n)
-{
-	struct mailimap_set *set = mailimap_set_new_empty();
-
-	for (size_t i = 0; i < n; i++)
-		mailimap_set_add_interval(set, v[i].first, v[i].last);
-	return set;
-}
-
 /* "1:4,7" */
 static char *set_text(const struct imap_uid_range *v, size_t n)
 {
@@ -333,8 +324,9 @@ static char *flags_text(const struct flags *f)
 
 static struct mailimap_flag_list *flags_list(const struct flags *f)
 {
-	struct mailimap_flag_list *fl = mailimap_flag_list_new_empty();
+	struct mailimap_flag_list *fl;
 
+	fl = imap_must(mailimap_flag_list_new_empty());
 	for (size_t i = 0; i < f->n; i++) {
 		const char *s = f->v[i];
 		struct mailimap_flag *flag;
@@ -351,7 +343,7 @@ static struct mailimap_flag_list *flags_list(const struct flags *f)
 			flag = mailimap_flag_new_draft();
 		else
 			flag = mailimap_flag_new_flag_keyword(xstrdup(s));
-		mailimap_flag_list_add(fl, flag);
+		imap_must_ok(mailimap_flag_list_add(fl, imap_must(flag)));
 	}
 	return fl;
 }
@@ -440,7 +432,7 @@ static int move_or_copy(struct conn *c, bool move,
 		rc = IMAP_FOLDER_BAD;
 		goto out_free;
 	}
-	set = set_of(v, n);
+	set = imap_set_of(v, n);
 	if (move)
 		rc = mailimap_uidplus_uid_move(c->imap, set, target, &uv, &src,
 					       &dst);
@@ -554,13 +546,13 @@ int imap_uid_store(struct conn *c, const struct imap_uid_range *v, size_t n,
 	if (!f.n)
 		goto out_flags;
 	if (!unchangedsince) {
+		struct mailimap_flag_list *fl = flags_list(&f);
+		struct mailimap_set *set = imap_set_of(v, n);
 		struct mailimap_store_att_flags *att;
-		struct mailimap_set *set = set_of(v, n);
 
-		att = add ? mailimap_store_att_flags_new_add_flags_silent(
-				    flags_list(&f)) :
-			    mailimap_store_att_flags_new_remove_flags_silent(
-				    flags_list(&f));
+		/* +FLAGS.SILENT or -FLAGS.SILENT */
+		att = imap_must(
+			mailimap_store_att_flags_new(add ? 1 : -1, true, fl));
 		rc = mailimap_uid_store(c->imap, set, att);
 		mailimap_store_att_flags_free(att);
 		mailimap_set_free(set);
@@ -624,7 +616,7 @@ int imap_uid_expunge(struct conn *c, const struct imap_uid_range *v, size_t n)
 		rc = IMAP_FOLDER_BAD;
 		goto out;
 	}
-	set = set_of(v, n);
+	set = imap_set_of(v, n);
 	rc = mailimap_uid_expunge(c->imap, set);
 	mailimap_set_free(set);
 	rc = rc ? imap_grade(c, rc, what) : IMAP_OK;
@@ -789,6 +781,7 @@ int imap_uid_search_header(struct conn *c, uint32_t from, const char *field,
 			   const char *value, uint32_t **uids, size_t *n)
 {
 	struct mailimap_search_key *key;
+	struct mailimap_set *set;
 	clist *result = NULL;
 	uint32_t *out;
 	size_t k = 0;
@@ -808,18 +801,16 @@ int imap_uid_search_header(struct conn *c, uint32_t from, const char *field,
 		return IMAP_FOLDER_BAD;
 	if (!from)
 		from = 1;
-	key = mailimap_search_key_new_multiple_empty();
+	key = imap_must(mailimap_search_key_new_multiple_empty());
 	/*
 	 * from:4294967295 rather than from:*: the same UIDs (RFC 3501
 	 * §2.3.1.1), without the highest message matching when @from is
 	 * above it, and GNU imap4d 3.15 matches nothing for UID n:*
 	 */
-	mailimap_search_key_multiple_add(
-		key, mailimap_search_key_new_uid(
-			     mailimap_set_new_interval(from, UINT32_MAX)));
-	mailimap_search_key_multiple_add(
-		key, mailimap_search_key_new_header(xstrdup(field),
-						    xstrdup(value)));
+	set = imap_must(mailimap_set_new_interval(from, UINT32_MAX));
+	imap_search_add(key, mailimap_search_key_new_uid(set));
+	imap_search_add(key, mailimap_search_key_new_header(xstrdup(field),
+							    xstrdup(value)));
 	rc = mailimap_uid_search(c->imap, NULL, key, &result);
 	mailimap_search_key_free(key);
 	if (rc != MAILIMAP_NO_ERROR) {
