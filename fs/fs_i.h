@@ -53,11 +53,18 @@ struct fs {
 	struct store *pool[POOL_MAX];
 	size_t npool;
 	atomic_ulong reqs[REQ_NKINDS];
-	/* when sync last changed each folder's listing, by folder id, and
-	 * any folder's (notify.c); guarded by lock */
-	struct timespec *changed;
-	size_t nchanged;
+	/* what is known of each folder's listing, by folder id, and when
+	 * sync last changed any folder's (notify.c); guarded by lock */
+	struct folder_stamp *stamps;
+	size_t nstamps;
 	struct timespec all_changed;
+};
+
+/* a folder's listing as its directory's mtime tells it */
+struct folder_stamp {
+	struct timespec changed; /* when sync last changed the listing */
+	int64_t newest; /* the newest message's date, once known */
+	bool known; /* newest is for the listing as it is now */
 };
 
 static inline struct fs *fs_of(fuse_req_t req)
@@ -200,11 +207,15 @@ void *notifier_main(void *arg);
  */
 void on_change(const struct sync_change *c, void *aux);
 /*
- * folder_mtime - the time folder @folder's listing last changed by sync
- * (else the mount's): its directory's mtime. The kernel compares it with
- * the one it cached a listing under, and drops the listing when they
- * differ: a listing read just before a change and cached just after the
- * change's notification would otherwise stay. Thread: any.
+ * folder_mtime - folder @folder's directory mtime: the date of its newest
+ * message (the mount's time when it has none), so `ls -lt` sorts folders
+ * by their latest mail. The nanoseconds are those of the moment sync last
+ * changed its listing: the kernel compares the whole mtime with the one
+ * it cached a listing under and drops the listing when they differ, so
+ * a listing read just before a change and cached just after the
+ * change's notification cannot stay, even when the change left the
+ * newest date as it was. Reads the store when the newest date is not
+ * known since the last change. Thread: any.
  */
 struct timespec folder_mtime(struct fs *fs, int64_t folder);
 /*

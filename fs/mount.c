@@ -581,7 +581,7 @@ out_session:
 out_args:
 	fuse_opt_free_args(&fargs);
 	tree_put(fs.tree);
-	free(fs.changed);
+	free(fs.stamps);
 	for (size_t i = 0; i < fs.npool; i++)
 		store_close(fs.pool[i]);
 	pthread_mutex_destroy(&fs.lock);

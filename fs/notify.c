@@ -257,6 +257,20 @@ static bool ts_before(const struct timespec *a, const struct timespec *b)
 }
 
 /* folder @folder's listing changes now (0: every folder's) */
+/* the stamp of @folder (> 0), made if there is none; under fs->lock */
+static struct folder_stamp *stamp_of(struct fs *fs, int64_t folder)
+{
+	if ((size_t)folder >= fs->nstamps) {
+		size_t n = (size_t)folder + 64;
+
+		fs->stamps = xrealloc(fs->stamps, n * sizeof(*fs->stamps));
+		memset(fs->stamps + fs->nstamps, 0,
+		       (n - fs->nstamps) * sizeof(*fs->stamps));
+		fs->nstamps = n;
+	}
+	return &fs->stamps[folder];
+}
+
 static void listing_changed(struct fs *fs, int64_t folder)
 {
 	struct timespec now;
@@ -266,31 +280,49 @@ static void listing_changed(struct fs *fs, int64_t folder)
 	if (folder <= 0) {
 		fs->all_changed = now;
 	} else {
-		if ((size_t)folder >= fs->nchanged) {
-			size_t n = (size_t)folder + 64;
+		struct folder_stamp *f = stamp_of(fs, folder);
 
-			fs->changed = xrealloc(fs->changed,
-					       n * sizeof(*fs->changed));
-			memset(fs->changed + fs->nchanged, 0,
-			       (n - fs->nchanged) * sizeof(*fs->changed));
-			fs->nchanged = n;
-		}
-		fs->changed[folder] = now;
+		f->changed = now;
+		f->known = false;
 	}
 	pthread_mutex_unlock(&fs->lock);
 }
 
 struct timespec folder_mtime(struct fs *fs, int64_t folder)
 {
-	struct timespec t = { .tv_sec = fs->mounted_at };
+	struct timespec changed, t;
+	int64_t newest = 0;
+	struct store *st;
+	bool known = false;
 
 	pthread_mutex_lock(&fs->lock);
-	if (ts_before(&t, &fs->all_changed))
-		t = fs->all_changed;
-	if (folder > 0 && (size_t)folder < fs->nchanged &&
-	    ts_before(&t, &fs->changed[folder]))
-		t = fs->changed[folder];
+	changed = fs->all_changed;
+	if (folder > 0 && (size_t)folder < fs->nstamps) {
+		const struct folder_stamp *f = &fs->stamps[folder];
+
+		if (ts_before(&changed, &f->changed))
+			changed = f->changed;
+		known = f->known;
+		newest = f->newest;
+	}
 	pthread_mutex_unlock(&fs->lock);
+	if (!known && folder > 0 && !borrow(fs, &st)) {
+		if (!store_folder_newest(st, folder, &newest)) {
+			struct folder_stamp *f;
+
+			pthread_mutex_lock(&fs->lock);
+			f = stamp_of(fs, folder);
+			/* kept only if no change came while it was read */
+			if (!ts_before(&changed, &f->changed)) {
+				f->newest = newest;
+				f->known = true;
+			}
+			pthread_mutex_unlock(&fs->lock);
+		}
+		give_back(fs, st);
+	}
+	t.tv_sec = newest > 0 ? (time_t)newest : fs->mounted_at;
+	t.tv_nsec = changed.tv_nsec;
 	return t;
 }
 

@@ -305,6 +305,10 @@ static const struct stmt_def stmt_defs[ST__COUNT] = {
 		"UPDATE ops SET last_error = ?2 WHERE id = ?1" },
 	[ST_OP_COUNT] = { "op_count", "SELECT count(*) FROM ops" },
 	/* the first ?1 ops and how many there are, in one statement */
+	/* the folder's messages on the server, not an orphan (uid < 0) */
+	[ST_FOLDER_NEWEST] = { "folder_newest",
+		"SELECT coalesce(max(date), 0) FROM messages "
+		"WHERE folder = ?1 AND uid > 0" },
 	[ST_SKIPPED_ADD] = { "skipped_add",
 		"INSERT OR IGNORE INTO skipped (folder, uid, uidvalidity, since) "
 		"VALUES (?1, ?2, ?3, ?4)" },

@@ -263,3 +263,24 @@ int store_folder_set_mailboxid(struct store *s, int64_t id,
 	store_done(st);
 	return rc;
 }
+
+int store_folder_newest(struct store *s, int64_t id, int64_t *date)
+{
+	sqlite3_stmt *st;
+	int rc;
+
+	*date = 0;
+	rc = store_prepare(s, ST_FOLDER_NEWEST, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*date = sqlite3_column_int64(st, 0);
+		rc = 0;
+	} else {
+		rc = store_fail(s, ST_FOLDER_NEWEST, rc);
+	}
+	store_done(st);
+	return rc;
+}

@@ -160,6 +160,9 @@ int store_folder_set_sync(struct store *s, const struct store_folder *f);
 
 /* store_folder_count - number of messages of folder @id in the store. */
 int store_folder_count(struct store *s, int64_t id, uint64_t *n);
+/* store_folder_newest - the date of @id's newest message, 0 if it has
+ * none */
+int store_folder_newest(struct store *s, int64_t id, int64_t *date);
 
 /* ---- messages ---- */
 

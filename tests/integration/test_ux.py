@@ -5,6 +5,8 @@ TLS port, an unknown CA, a bad option), the mounted line and the first
 sync's progress on a terminal, convoyfs status, log_file, and the man
 page, the systemd unit and meson install."""
 
+import datetime as dt
+import email.utils
 import os
 import pty
 import re
@@ -17,6 +19,7 @@ import time
 import pytest
 
 import harness
+import servers
 from test_connect import attempt
 
 # the one line every failure to mount prints, and its exit status
@@ -186,8 +189,8 @@ def mount_line(mp):
 def test_mounted_line_and_proc_mounts(dovecot, mount, tmp_path):
     t0 = int(time.time())
     m = mount(dovecot)
-    # directories carry the mount's time, not 1970
-    for d in ("", "INBOX", "Conversations", ".convoyfs", ".convoyfs/status"):
+    # what holds no mail carries the mount's time, not 1970
+    for d in ("", "Conversations", ".convoyfs", ".convoyfs/status"):
         mtime = os.stat(os.path.join(m.path, d)).st_mtime
         assert t0 <= mtime <= time.time(), (d, mtime, t0)
     src, kind, options = mount_line(m.path)
@@ -200,6 +203,64 @@ def test_mounted_line_and_proc_mounts(dovecot, mount, tmp_path):
     assert r.stdout.splitlines()[1].split()[0] == "alice@127.0.0.1", r.stdout
     # not a terminal: the mounted line and nothing else
     assert m.stderr() == "convoyfs: alice@127.0.0.1 mounted on %s\n" % m.path
+
+
+def dated(i, when):
+    return (b"From: a@b.test\r\nMessage-ID: <dated%d@ux.test>\r\nSubject: dated %d\r\n"
+            b"Date: %s\r\n\r\nbody %d\r\n" % (
+                i, i, email.utils.format_datetime(when).encode(), i), when, ())
+
+
+def test_folder_mtime_is_its_newest_message(mount):
+    """A folder's mtime is its newest message's date, so `ls -lt` sorts
+    folders by their latest mail; an empty one and the root carry the
+    mount's time. New mail moves it on, an expunge of the newest back;
+    a change that leaves the newest date (an older message expunged)
+    still changes the mtime's nanoseconds, so a cached listing goes."""
+    d = servers.DovecotServer()
+    try:
+        d.start()
+        base = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+        d.append_many("Old", [dated(i, base + dt.timedelta(days=i)) for i in range(3)])
+        d.append_many("New", [dated(10 + i, base + dt.timedelta(days=30 + i)) for i in range(2)])
+        d.create("Empty")
+        t0 = int(time.time())
+        m = mount(d)
+
+        def mtime(folder):
+            """whole seconds: the nanoseconds are the stamp of the last change"""
+            return os.stat(os.path.join(m.path, folder)).st_mtime_ns // 10**9
+
+        def sync():
+            with open(os.path.join(m.path, ".convoyfs", "ctl"), "w") as f:
+                f.write("sync\n")
+            m.wait_idle(60)
+
+        assert mtime("Old") == int((base + dt.timedelta(days=2)).timestamp())
+        assert mtime("New") == int((base + dt.timedelta(days=31)).timestamp())
+        assert t0 <= mtime("Empty") <= time.time()
+        assert t0 <= mtime("") <= time.time()
+        r = subprocess.run(["ls", "-t", m.path], capture_output=True, text=True, check=True)
+        order = [n for n in r.stdout.split() if n in ("Old", "New")]
+        assert order == ["New", "Old"], r.stdout
+        # new mail: the newest date moves on
+        d.append_many("Old", [dated(3, base + dt.timedelta(days=60))], create=False)
+        sync()
+        assert mtime("Old") == int((base + dt.timedelta(days=60)).timestamp())
+        # an older message goes: same newest date, another stamp, a new listing
+        before = os.stat(os.path.join(m.path, "Old")).st_mtime_ns
+        names = sorted(os.listdir(os.path.join(m.path, "Old")))
+        d.expunge_uids("Old", [1])
+        sync()
+        after = os.stat(os.path.join(m.path, "Old")).st_mtime_ns
+        assert after // 10**9 == before // 10**9 and after != before
+        assert sorted(os.listdir(os.path.join(m.path, "Old"))) == names[1:]
+        # the newest goes: back to the one before it
+        d.expunge_uids("Old", [4])
+        sync()
+        assert mtime("Old") == int((base + dt.timedelta(days=2)).timestamp())
+    finally:
+        d.cleanup()
 
 
 def test_allow_other_still_checks_modes(dovecot, convoyfs_bin, tmp_path):
