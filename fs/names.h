@@ -8,10 +8,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* no name we make is longer: within the kernel's NAME_MAX (255), and
- * within the 245 bytes notmuch (a Xapian term) takes for a name, so
- * that `notmuch new` can index the mount */
-#define NAMES_MAX 245
+/* no name we make is longer: within notmuch's 245 (a file name is a
+ * Xapian term for `notmuch new`), and leaving the tools that make names
+ * from ours room within the kernel's NAME_MAX (255): rsync's
+ * ".NAME.XXXXXX", a backup's "NAME.orig", an editor's ".NAME.swp" */
+#define NAMES_MAX 200
 
 /*
  * names_message - write into @buf (at least NAMES_MAX + 1 bytes) the file

@@ -117,23 +117,27 @@ static void folders_changed(struct fs *fs)
 }
 
 /*
- * Whether @name would show as itself as a folder directory: a name the
- * tree shows changed (a leading '.', a control character; see
- * names_component) would make a folder whose directory has another name
- * than the one just made. Refused with EINVAL; so is GIO's .Trash-$UID,
- * which makes file managers offer to delete instead (to the Trash folder).
+ * Whether @name can be a folder directory's name: 0 if it would show as
+ * itself. A name the tree shows changed (a leading '.', a control
+ * character; see names_component) would make a folder whose directory
+ * has another name than the one just made: -EINVAL; so is GIO's
+ * .Trash-$UID, which makes file managers offer to delete instead (to the
+ * Trash folder). Longer than the tree shows a name (NAMES_MAX, which
+ * statvfs gives as f_namemax): -ENAMETOOLONG.
  */
-static bool shows_as_itself(const char *name)
+static int folder_name_check(const char *name)
 {
 	char shown[NAMES_MAX + 1];
 	size_t len = strlen(name);
 
+	if (len > NAMES_MAX)
+		return -ENAMETOOLONG;
 	if (names_component(shown, name, len) == len && !memcmp(shown, name, len))
-		return true;
+		return 0;
 	log_warn("a folder cannot be called \"%.80s\" here: it would show as "
 		 "\"%.80s\"",
 		 name, shown);
-	return false;
+	return -EINVAL;
 }
 
 static bool special_name(fuse_ino_t parent, const char *name)
@@ -191,8 +195,8 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		rc = folder_of_dir(fs, newparent, &to, NULL);
 	if (!rc && special_name(newparent, newname))
 		rc = -EEXIST;
-	if (!rc && !shows_as_itself(newname))
-		rc = -EINVAL;
+	if (!rc)
+		rc = folder_name_check(newname);
 	if (!rc)
 		rc = borrow(fs, &st);
 	if (!rc) {
@@ -282,8 +286,8 @@ void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
 	rc = folder_of_dir(fs, parent, &under, NULL);
 	if (!rc && special_name(parent, name))
 		rc = -EEXIST;
-	if (!rc && !shows_as_itself(name))
-		rc = -EINVAL;
+	if (!rc)
+		rc = folder_name_check(name);
 	if (!rc)
 		rc = borrow(fs, &st);
 	if (!rc) {

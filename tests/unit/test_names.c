@@ -1,6 +1,6 @@
 /*
  * test_names - message file names and folder name components: each
- * sanitising rule, zones, the 245-byte cut on character boundaries, the
+ * sanitising rule, zones, the 200-byte cut on character boundaries, the
  * umid round trip and hostile folder names. Exit 0: pass.
  */
 #include "names.h"
@@ -211,16 +211,16 @@ static void long_subject(const char *name, const char *unit, size_t reps,
 
 static void test_long_subjects(void)
 {
-	/* prefix 17 bytes + suffix " #42.eml" 8 bytes leave 220 for the subject */
-	long_subject("600 ASCII", "a", 600, 42, 245);
-	long_subject("300 x 2-byte", "\xC3\xA9", 300, 42, 245);
-	long_subject("200 x 3-byte", "\xE2\x82\xAC", 200, 42, 244);
-	long_subject("150 x 4-byte", "\xF0\x9F\x93\xA7", 150, 42, 245);
-	long_subject("600 bytes invalid", "\xFF", 600, 42, 244);
-	long_subject("cut at a space", "abcd ", 120, 42, 244);
-	long_subject("space runs", "a      ", 200, 42, 244);
-	long_subject("long umid", "a", 600, INT64_MAX, 245);
-	long_subject("slashes", "/", 600, 7, 245);
+	/* prefix 17 bytes + suffix " #42.eml" 8 bytes leave 175 for the subject */
+	long_subject("600 ASCII", "a", 600, 42, 200);
+	long_subject("300 x 2-byte", "\xC3\xA9", 300, 42, 199);
+	long_subject("200 x 3-byte", "\xE2\x82\xAC", 200, 42, 199);
+	long_subject("150 x 4-byte", "\xF0\x9F\x93\xA7", 150, 42, 197);
+	long_subject("600 bytes invalid", "\xFF", 600, 42, 199);
+	long_subject("cut at a space", "abcd ", 120, 42, 199);
+	long_subject("space runs", "a      ", 200, 42, 200);
+	long_subject("long umid", "a", 600, INT64_MAX, 200);
+	long_subject("slashes", "/", 600, 7, 200);
 }
 
 static const struct umid_case {
@@ -343,17 +343,17 @@ static void test_components(void)
 	check(n == NAMES_MAX && !strncmp(buf, "_.x", 3), "names_component",
 	      "leading dot, 600 bytes");
 
-	for (k = 0; k < 300; k++)
-		memcpy(raw + 2 * k, "\xC3\xA9", 2);
+	for (k = 0; k < 200; k++)
+		memcpy(raw + 3 * k, "\xE2\x82\xAC", 3);
 	n = names_component(buf, raw, 600);
-	check(n == 244 && valid_utf8(buf, n), "names_component", "300 x 2-byte");
+	check(n == 198 && valid_utf8(buf, n), "names_component", "200 x 3-byte");
 
 	raw[0] = '.';
-	for (k = 0; k < 299; k++)
-		memcpy(raw + 1 + 2 * k, "\xC3\xA9", 2);
-	n = names_component(buf, raw, 599);
-	check(n == 244 && valid_utf8(buf, n) && !strncmp(buf, "_.", 2),
-	      "names_component", "leading dot then 2-byte characters");
+	for (k = 0; k < 149; k++)
+		memcpy(raw + 1 + 4 * k, "\xF0\x9F\x93\xA7", 4);
+	n = names_component(buf, raw, 597);
+	check(n == 198 && valid_utf8(buf, n) && !strncmp(buf, "_.", 2),
+	      "names_component", "leading dot then 4-byte characters");
 
 	for (k = 0; k < 600; k++)
 		raw[k] = (char)(k % 256);
@@ -382,8 +382,21 @@ static void test_conversations(void)
 	memset(big, 'a', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
 	n = names_conversation(buf, 0, 0, big, 7);
-	if (n > NAMES_MAX || names_conversation_id(buf) != 7) {
+	if (n != NAMES_MAX || n != strlen(buf) ||
+	    strncmp(buf, "1970-01-01 00.00 aaa", 20) ||
+	    strcmp(buf + n - 3, " #7") || names_conversation_id(buf) != 7) {
 		fprintf(stderr, "long conversation name: %zu bytes\n", n);
+		failures++;
+	}
+	/* 600 bytes of 4-byte characters: " #7" leaves 180, 45 of them */
+	for (size_t k = 0; k < 150; k++)
+		memcpy(big + 4 * k, "\xF0\x9F\x93\xA7", 4);
+	big[600] = '\0';
+	n = names_conversation(buf, 0, 0, big, 7);
+	if (n != NAMES_MAX || !valid_utf8(buf, n) ||
+	    names_conversation_id(buf) != 7) {
+		fprintf(stderr, "long conversation name, 4-byte: %zu bytes\n",
+			n);
 		failures++;
 	}
 }
