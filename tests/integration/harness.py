@@ -893,7 +893,7 @@ def name_problems(name):
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return ["not valid UTF-8: %r" % raw]
-    if len(raw) > 245:  # notmuch's limit (a Xapian term), under NAME_MAX
+    if len(raw) > 200:  # convoyfs's NAMES_MAX: under notmuch's 245 and NAME_MAX
         problems.append("%d bytes long" % len(raw))
     if any(ord(c) < 0x20 or ord(c) == 0x7f for c in text):
         problems.append("has a control character: %r" % text)

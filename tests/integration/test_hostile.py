@@ -1,6 +1,6 @@
 """Hostile names from the server become safe, unique file names: folders
-called '..', '.', '.convoyfs', with '/', control characters or 270 bytes of
-UTF-8; subjects of 600 bytes, with control characters, '/', ':', invalid
+called '..', '.', '.convoyfs', with '/', control characters or 230 and 270
+bytes of UTF-8; subjects of 600 bytes (names of at most 200 bytes), with control characters, '/', ':', invalid
 UTF-8 in an encoded word, or raw 8-bit bytes."""
 
 import collections
@@ -19,7 +19,7 @@ WHEN = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
 FS_FOLDERS = [".hidden", "..hidden", "a..b", "dot.", " lead", "trail ", "#hash", "semi;colon",
               "colon:name", "back\\slash", 'quo"te', "per%cent", "st*ar", "del\x7fname",
               "L" * 200, "日" * 90, "amp & more", "&Jjo-", "emoji 😀", "-dash", ".convoyfs",
-              "Ünï/cödé"]
+              "Ünï/cödé", "L" * 230]
 # Directories made in the maildir behind Dovecot's back: it lists them with
 # control characters encoded (ctl&AAE-name), as \Noselect folders.
 FS_DISK_DIRS = [b"ctl\x01name", b"tab\tname", b"nl\nname", b"esc\x1b[31mred"]
@@ -52,9 +52,8 @@ def b64word(text):
 SUBJECTS = {
     "long-ascii": b"Long " + b"abcdefghij " * 55,
     "long-utf8": b"\r\n ".join(b64word(w) for w in ["é" * 20, "日本語" * 8, "😀" * 10,
-                                                     "é" * 20, "日本語" * 8, "😀" * 10,
-                                                     "Ωμέγα" * 6]),
-    "long-emoji": b64word("😀" * 70),
+                                                     "Ωμέγα" * 6] * 3),
+    "long-emoji": b64word("😀" * 150),
     "slash-colon": b"a/b: c // d::e",
     "raw-control": b"ctl\x01char\x7fend\ttab",
     "encoded-control": b"=?utf-8?q?line1=0Aline2=0Dx=00nul?=",
@@ -173,7 +172,7 @@ def folder_dirs(state_folders, delim):
 
 def plain_safe(component):
     return (component not in ("", ".", "..") and not component.startswith(".")
-            and "/" not in component and len(component.encode()) <= 245
+            and "/" not in component and len(component.encode()) <= 200
             and not any(ord(c) < 0x20 or ord(c) == 0x7f for c in component))
 
 
@@ -232,12 +231,16 @@ def test_hostile_subjects(fs_server, mount):
     def subj(case):
         return harness.MESSAGE_NAME.match(by_case[case]).group(6)
 
-    long_ascii = by_case["long-ascii"].encode()
-    assert 200 <= len(long_ascii) <= 245, len(long_ascii)
-    assert subj("long-ascii").startswith("Long abcdefghij abcdefghij")
-    for case in ("long-utf8", "long-emoji"):
+    # 600 bytes of subject: cut on a character boundary (a 4-byte one and
+    # the space before it at most) to fit 200, date first, " #<id>.eml" whole
+    for case in ("long-ascii", "long-utf8", "long-emoji"):
         n = by_case[case].encode()
-        assert 200 <= len(n) <= 245, (case, len(n))
+        full = harness.expected_subject(SUBJECTS[case].replace(b"\r\n", b"").decode())
+        assert len(full.encode()) >= 600, (case, len(full.encode()))
+        assert 195 <= len(n) <= 200, (case, len(n))
+        assert full.startswith(subj(case)), case
+        assert n.startswith(b"2024-05-06 07.08 ") and re.search(rb" #\d+\.eml$", n), n
+    assert subj("long-ascii").startswith("Long abcdefghij abcdefghij")
     assert subj("long-utf8").startswith("é" * 20)
     assert subj("long-emoji").startswith("😀" * 10)
     assert "a-b- c -- d--e" in subj("slash-colon")
@@ -256,6 +259,14 @@ def test_hostile_subjects(fs_server, mount):
     for case, n in by_case.items():
         p = os.path.join(d, n)
         assert os.path.isfile(p), case
+    # a conversation's name is its first message's, cut the same way
+    convs = os.listdir(os.path.join(m.path, harness.CONVERSATIONS))
+    assert convs
+    for c in convs:
+        assert not harness.name_problems(c), (c, harness.name_problems(c))
+        assert harness.MESSAGE_NAME.match(c + ".eml"), c
+    longest = max(len(c.encode()) for c in convs)
+    assert 195 <= longest <= 200, longest
     dst = os.path.join(os.path.dirname(m.path), "copy")
     shutil.copytree(d, dst)
     assert sorted(os.listdir(dst)) == sorted(by_case.values())

@@ -792,6 +792,14 @@ def test_folder_names_the_tree_would_change_are_refused(dv, mount):
         with pytest.raises(OSError) as ei:
             os.mkdir(os.path.join(m.path, name))
         assert ei.value.errno == errno.EINVAL, name
+    # longer than the tree shows a name (statvfs's f_namemax)
+    assert os.statvfs(m.path).f_namemax == 200
+    with pytest.raises(OSError) as ei:
+        os.mkdir(os.path.join(m.path, "L" * 201))
+    assert ei.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(OSError) as ei:
+        os.rename(os.path.join(m.path, "INBOX"), os.path.join(m.path, "é" * 101))
+    assert ei.value.errno == errno.ENAMETOOLONG
     assert m.status_field("operations pending") == "0"
     for d in ("Conversations", ".convoyfs"):
         assert os.stat(os.path.join(m.path, d)).st_mode & 0o777 == 0o500
