@@ -60,9 +60,12 @@ void args_usage(FILE *out)
 	      "                         stderr (-f) or syslog (in the background)\n"
 	      "  debug=CATS             log categories joined by +: sync, fetch,\n"
 	      "                         thread, imap, tls, store, fs; or all\n"
-	      "  auth=login|plain       LOGIN (default) or AUTHENTICATE PLAIN;\n"
-	      "                         PLAIN is used anyway when LOGIN is "
-	      "disabled\n"
+	      "  auth=login|plain|xoauth2|oauthbearer\n"
+	      "                         LOGIN (default) or AUTHENTICATE PLAIN\n"
+	      "                         (used anyway when LOGIN is disabled);\n"
+	      "                         XOAUTH2 or OAUTHBEARER take an OAuth2\n"
+	      "                         access token where the password goes\n"
+	      "                         (password_command)\n"
 	      "  ro                     mount read-only: every write fails "
 	      "(EROFS)\n"
 	      "  allow_other            let other users see the mount (file\n"
@@ -331,9 +334,15 @@ static int parse_opts(char *opts, struct fs_args *a, struct opt_seen *seen,
 			free(a->debug_cats);
 			a->debug_cats = xstrdup(v);
 		} else if (!strcmp(o, "auth") && v) {
-			if (!strcmp(v, "plain"))
-				a->cfg.auth_plain = true;
-			else if (strcmp(v, "login"))
+			if (!strcmp(v, "login"))
+				a->cfg.auth = SYNC_AUTH_LOGIN;
+			else if (!strcmp(v, "plain"))
+				a->cfg.auth = SYNC_AUTH_PLAIN;
+			else if (!strcmp(v, "xoauth2"))
+				a->cfg.auth = SYNC_AUTH_XOAUTH2;
+			else if (!strcmp(v, "oauthbearer"))
+				a->cfg.auth = SYNC_AUTH_OAUTHBEARER;
+			else
 				goto bad;
 		} else if (!strcmp(o, "log_file") && v) {
 			if (!*v)

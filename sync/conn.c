@@ -414,6 +414,69 @@ static int conn_starttls(struct conn_priv *p, char *err, size_t errlen)
 	return 0;
 }
 
+/* whether @s has a control character (a bearer token or a user name
+ * must not: ^A separates the fields of the SASL response) */
+static bool conn_has_ctl(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return true;
+	return false;
+}
+
+/* AUTHENTICATE XOAUTH2 or OAUTHBEARER with cfg->password as the token */
+static int conn_oauth(struct conn_priv *p, const struct sync_config *cfg,
+		      char *err, size_t errlen)
+{
+	mailimap *imap = p->pub.imap;
+	bool bearer = cfg->auth == SYNC_AUTH_OAUTHBEARER;
+	const char *mech = bearer ? "OAUTHBEARER" : "XOAUTH2";
+	char text[512], why[400];
+	long long t0;
+	int r;
+
+	if (!mailimap_has_authentication(imap, mech)) {
+		snprintf(err, errlen,
+			 "cannot log in to %s: server does not offer "
+			 "AUTHENTICATE %s (no AUTH=%s in its capabilities)",
+			 p->host, mech, mech);
+		return -EACCES;
+	}
+	if (conn_has_ctl(cfg->user)) {
+		snprintf(err, errlen, "user name contains a control character");
+		return -EINVAL;
+	}
+	if (!*cfg->password || conn_has_ctl(cfg->password) ||
+	    strchr(cfg->password, ' ')) {
+		snprintf(err, errlen,
+			 "access token is empty or contains a space or a "
+			 "control character");
+		return -EINVAL;
+	}
+	t0 = now_ms();
+	r = imap_oauth(imap, bearer, cfg->user, cfg->password, p->host,
+		       p->port, why, sizeof(why));
+	if (r == MAILIMAP_ERROR_LOGIN) {
+		if (*why)
+			snprintf(err, errlen,
+				 "login as %s refused by server: %s (%s error "
+				 "%s)",
+				 cfg->user, conn_text(imap, text, sizeof(text)),
+				 mech, why);
+		else
+			snprintf(err, errlen,
+				 "login as %s refused by server: %s",
+				 cfg->user, conn_text(imap, text, sizeof(text)));
+		return -EACCES;
+	}
+	if (r) {
+		if (conn_rc_is_fatal(r))
+			p->broken = true;
+		return conn_open_fail(p, r, "log in to", t0, err, errlen);
+	}
+	return 0;
+}
+
 static int conn_login(struct conn_priv *p, const struct sync_config *cfg,
 		      char *err, size_t errlen)
 {
@@ -428,8 +491,12 @@ static int conn_login(struct conn_priv *p, const struct sync_config *cfg,
 			return conn_open_fail(p, r, "get capabilities of", t0,
 					      err, errlen);
 	}
+	if (cfg->auth == SYNC_AUTH_XOAUTH2 ||
+	    cfg->auth == SYNC_AUTH_OAUTHBEARER)
+		return conn_oauth(p, cfg, err, errlen);
 	/* RFC 3501 §6.2.3: LOGIN must not be sent at all then */
-	if (cfg->auth_plain || mailimap_has_extension(imap, "LOGINDISABLED")) {
+	if (cfg->auth == SYNC_AUTH_PLAIN ||
+	    mailimap_has_extension(imap, "LOGINDISABLED")) {
 		if (!mailimap_has_authentication(imap, "PLAIN")) {
 			snprintf(err, errlen,
 				 "cannot log in to %s: server offers neither "

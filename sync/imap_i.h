@@ -118,4 +118,18 @@ void imap_read_status(clist *info, struct imap_box *out);
 void imap_collect_list(struct conn *c, struct mailimap_response *rsp,
 		       struct imap_mailbox **v, size_t *k, size_t *cap);
 
+/*
+ * imap_oauth - AUTHENTICATE XOAUTH2, or OAUTHBEARER (RFC 7628) when
+ * @bearer, as @user with the bearer @token (@host and @port go into an
+ * OAUTHBEARER response), the response sent as an initial response where
+ * the server says SASL-IR. The response goes to the logger as private
+ * data. Returns a libetpan code: 0 (the session is then authenticated),
+ * MAILIMAP_ERROR_LOGIN when the server refused (its text in
+ * imap_response; the status and scope of its error challenge, if it
+ * sent one, in @why, else @why is ""), or a stream or parse error.
+ */
+int imap_oauth(mailimap *imap, bool bearer, const char *user,
+	       const char *token, const char *host, const char *port,
+	       char *why, size_t whylen);
+
 #endif

@@ -35,7 +35,7 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 	s->cfg.host = xstrdup(cfg->host);
 	s->cfg.port = xstrdup(cfg->port);
 	s->cfg.starttls = cfg->starttls;
-	s->cfg.auth_plain = cfg->auth_plain;
+	s->cfg.auth = cfg->auth;
 	s->cfg.cafile = dup_or_null(cfg->cafile);
 	s->cfg.cache_dir = xstrdup(cfg->cache_dir);
 	s->cfg.poll_interval = cfg->poll_interval ? cfg->poll_interval : 60;

@@ -12,11 +12,19 @@
 
 struct sync_config {
 	char *user; /* owned */
-	char *password; /* owned; wiped by sync_config_release */
+	char *password; /* owned; wiped by sync_config_release; the token
+			   for XOAUTH2 and OAUTHBEARER */
 	char *host; /* owned */
 	char *port; /* owned: "993" for imaps, "143" for imap */
 	bool starttls; /* imap:// : STARTTLS required before LOGIN */
-	bool auth_plain; /* AUTHENTICATE PLAIN instead of LOGIN */
+	/* how to log in: LOGIN, AUTHENTICATE PLAIN, or AUTHENTICATE
+	 * XOAUTH2 / OAUTHBEARER with password as the bearer token */
+	enum sync_auth {
+		SYNC_AUTH_LOGIN,
+		SYNC_AUTH_PLAIN,
+		SYNC_AUTH_XOAUTH2,
+		SYNC_AUTH_OAUTHBEARER,
+	} auth;
 	char *cafile; /* owned, may be NULL: trust these CAs instead */
 	char *cache_dir; /* owned: the store's directory */
 	unsigned poll_interval; /* seconds between checks of every folder */

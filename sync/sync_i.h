@@ -92,8 +92,10 @@ struct conn {
 
 /*
  * conn_open - connect, TLS (implicit, or STARTTLS required for imap://),
- * read the greeting, LOGIN (AUTHENTICATE PLAIN with cfg->auth_plain or
- * when the server says LOGINDISABLED), then probe capabilities again,
+ * read the greeting, LOGIN (AUTHENTICATE PLAIN with SYNC_AUTH_PLAIN or
+ * when the server says LOGINDISABLED; AUTHENTICATE XOAUTH2 or
+ * OAUTHBEARER with the password as the token, refused at once when the
+ * server does not offer the mechanism), then probe capabilities again,
  * and turn on COMPRESS=DEFLATE where offered (unless cfg->no_compress).
  * User and password with CR, LF or NUL are refused (-EINVAL) before
  * anything is sent. On failure one clear

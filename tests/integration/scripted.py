@@ -7,11 +7,17 @@ answering BODY[], two bodies in one reply, an RFC822.SIZE that lies.
 
 It is a test double for the parts of IMAP4rev1 convoyfs sends without
 extensions (CAPABILITY, LOGIN, LIST, STATUS, EXAMINE/SELECT, FETCH and
-UID FETCH, UID SEARCH, NOOP, LOGOUT); anything else gets BAD.
+UID FETCH, UID SEARCH, NOOP, LOGOUT); anything else gets BAD. A server
+whose `caps` name AUTH=XOAUTH2 or AUTH=OAUTHBEARER (and SASL-IR) also
+takes AUTHENTICATE with that mechanism, the bearer token being
+`password`; it checks the client's whole SASL response and answers a
+wrong one with the mechanism's error challenge (see _authenticate).
 """
 
+import base64
 import contextlib
 import datetime as dt
+import json
 import os
 import re
 import shlex
@@ -80,6 +86,15 @@ class ScriptedImap:
 
     user = "alice"
     password = "s3cret-Pw"
+    caps = CAPS  # what the greeting and CAPABILITY say
+    # the error challenge's JSON for a refused token, per mechanism
+    oauth_errors = {
+        "XOAUTH2": {"status": "401", "schemes": "bearer",
+                    "scope": "https://mail.google.com/"},
+        "OAUTHBEARER": {"status": "invalid_token", "scope": "imap",
+                        "openid-configuration":
+                            "https://auth.example.test/.well-known/openid-configuration"},
+    }
 
     def __init__(self, folders=None, uidvalidity=42, say_uidnext=True):
         self.folders = folders if folders is not None else {"INBOX": []}
@@ -87,6 +102,9 @@ class ScriptedImap:
         self.say_uidnext = say_uidnext  # False: UIDNEXT left out everywhere
         self.lock = threading.Lock()
         self.commands = []  # every line received, decoded
+        # each AUTHENTICATE: (mechanism, sent as initial response,
+        # decoded response, the answer to the error challenge or None)
+        self.authentications = []
         self.dir = tempfile.mkdtemp(prefix="convoyfs-scripted-")
         os.chmod(self.dir, 0o755)
         self.ca = harness.CA(self.dir, "ca")
@@ -99,6 +117,7 @@ class ScriptedImap:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(self.cert, self.key)
         self._stop = False
+        self._local = threading.local()  # per session
         self._socks = []
         self._threads = []
         self.port = self._listen(tls=True)
@@ -136,7 +155,7 @@ class ScriptedImap:
     def greeting(self):
         """The greeting: bytes, or a generator of bytes (a greeting that
         never ends). Return None to say nothing at all."""
-        return b"* OK [CAPABILITY %s] scripted server ready\r\n" % CAPS.encode()
+        return b"* OK [CAPABILITY %s] scripted server ready\r\n" % self.caps.encode()
 
     def list_reply(self):
         """The LIST response lines (bytes or generators of bytes)."""
@@ -205,6 +224,8 @@ class ScriptedImap:
                 if self._write_all(f, [self.greeting()]):
                     return
                 f.flush()
+                # the port the client dialed, which OAUTHBEARER names
+                self._local.port = self.port if tls else self.plain_port
                 self._serve(f)
             except (OSError, ValueError, ssl.SSLError):
                 pass
@@ -225,12 +246,16 @@ class ScriptedImap:
                 sub, _, args = args.partition(" ")
                 cmd = "UID " + sub.upper()
             if cmd == "CAPABILITY":
-                out.append(b"* CAPABILITY %s\r\n" % CAPS.encode())
+                out.append(b"* CAPABILITY %s\r\n" % self.caps.encode())
             elif cmd == "LOGIN":
                 user, _, pw = args.partition(" ")
                 if user.strip('"') != self.user or pw.strip('"') != self.password:
                     f.write(tag + b" NO [AUTHENTICATIONFAILED] no\r\n")
                     f.flush()
+                    continue
+            elif cmd == "AUTHENTICATE" and \
+                    "AUTH=" + args.split(" ", 1)[0].upper() in self.caps.upper().split():
+                if not self._authenticate(f, tag, args, self._local.port):
                     continue
             elif cmd == "NOOP":
                 pass
@@ -269,6 +294,58 @@ class ScriptedImap:
                 return
             f.write(tag + b" OK done\r\n")
             f.flush()
+
+    def oauth_expected(self, mech, port, token=None):
+        """The one SASL response of mech this server takes."""
+        token = self.password if token is None else token
+        if mech == "XOAUTH2":
+            return "user=%s\x01auth=Bearer %s\x01\x01" % (self.user, token)
+        return "n,a=%s,\x01host=127.0.0.1\x01port=%d\x01auth=Bearer %s\x01\x01" % (
+            self.user.replace("=", "=3D").replace(",", "=2C"), port, token)
+
+    def _authenticate(self, f, tag, args, port):
+        """AUTHENTICATE XOAUTH2 or OAUTHBEARER: True when the client
+        is in (the caller sends the tagged OK); else the tagged NO or
+        BAD has been sent. The initial
+        response counts only where SASL-IR is offered (RFC 4959)."""
+        mech, _, initial = args.partition(" ")
+        mech = mech.upper()
+        ir = bool(initial) and "SASL-IR" in self.caps.upper().split()
+        if initial and not ir:
+            f.write(tag + b" BAD initial response without SASL-IR\r\n")
+            f.flush()
+            return False
+        if not ir:
+            f.write(b"+ \r\n")
+            f.flush()
+            initial = f.readline().decode("utf-8", "replace").rstrip("\r\n")
+            with self.lock:
+                self.commands.append(initial)
+        try:
+            got = base64.b64decode(initial, validate=True).decode("utf-8", "replace")
+        except ValueError:
+            f.write(tag + b" BAD not base64\r\n")
+            f.flush()
+            return False
+        if got == self.oauth_expected(mech, port):
+            with self.lock:
+                self.authentications.append((mech, ir, got, None))
+            return True
+        # the error challenge: XOAUTH2 wants an empty line back, RFC 7628
+        # §3.2.3 a single %x01 ("AQ==")
+        challenge = base64.b64encode(json.dumps(self.oauth_errors[mech]).encode())
+        f.write(b"+ " + challenge + b"\r\n")
+        f.flush()
+        answer = f.readline().decode("utf-8", "replace").rstrip("\r\n")
+        with self.lock:
+            self.commands.append(answer)
+            self.authentications.append((mech, ir, got, answer))
+        if answer != ("" if mech == "XOAUTH2" else "AQ=="):
+            f.write(tag + b" BAD wrong answer to the error challenge\r\n")
+        else:
+            f.write(tag + b" NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n")
+        f.flush()
+        return False
 
     @staticmethod
     def _write_all(f, out):
