@@ -718,6 +718,12 @@ static int from_prompt(const struct sync_config *cfg, char **out, char *err,
 	return 0;
 }
 
+/* sync_config.token_again: @aux is the password_command */
+static int token_from_command(void *aux, char **out, char *err, size_t errlen)
+{
+	return from_command(aux, out, err, errlen);
+}
+
 int args_password(struct fs_args *a, char *err, size_t errlen)
 {
 	char *pw = NULL;
@@ -736,6 +742,13 @@ int args_password(struct fs_args *a, char *err, size_t errlen)
 		return -EINVAL;
 	}
 	a->cfg.password = pw;
+	/* an access token expires within the hour: each login takes a new
+	 * one (a password stays as it was read) */
+	if (a->password_command && (a->cfg.auth == SYNC_AUTH_XOAUTH2 ||
+				    a->cfg.auth == SYNC_AUTH_OAUTHBEARER)) {
+		a->cfg.token_again = token_from_command;
+		a->cfg.token_aux = a->password_command;
+	}
 	return 0;
 }
 

@@ -424,9 +424,9 @@ static bool conn_has_ctl(const char *s)
 	return false;
 }
 
-/* AUTHENTICATE XOAUTH2 or OAUTHBEARER with cfg->password as the token */
-static int conn_oauth(struct conn_priv *p, const struct sync_config *cfg,
-		      char *err, size_t errlen)
+/* AUTHENTICATE XOAUTH2 or OAUTHBEARER with @token */
+static int oauth_with(struct conn_priv *p, const struct sync_config *cfg,
+		      const char *token, char *err, size_t errlen)
 {
 	mailimap *imap = p->pub.imap;
 	bool bearer = cfg->auth == SYNC_AUTH_OAUTHBEARER;
@@ -446,15 +446,14 @@ static int conn_oauth(struct conn_priv *p, const struct sync_config *cfg,
 		snprintf(err, errlen, "user name contains a control character");
 		return -EINVAL;
 	}
-	if (!*cfg->password || conn_has_ctl(cfg->password) ||
-	    strchr(cfg->password, ' ')) {
+	if (!*token || conn_has_ctl(token) || strchr(token, ' ')) {
 		snprintf(err, errlen,
 			 "access token is empty or contains a space or a "
 			 "control character");
 		return -EINVAL;
 	}
 	t0 = now_ms();
-	r = imap_oauth(imap, bearer, cfg->user, cfg->password, p->host,
+	r = imap_oauth(imap, bearer, cfg->user, token, p->host,
 		       p->port, why, sizeof(why));
 	if (r == MAILIMAP_ERROR_LOGIN) {
 		if (*why)
@@ -475,6 +474,25 @@ static int conn_oauth(struct conn_priv *p, const struct sync_config *cfg,
 		return conn_open_fail(p, r, "log in to", t0, err, errlen);
 	}
 	return 0;
+}
+
+/* the same with the token of the moment: password_command run again
+ * where the mount was told to, else the one read at start */
+static int conn_oauth(struct conn_priv *p, const struct sync_config *cfg,
+		      char *err, size_t errlen)
+{
+	char *fresh = NULL;
+	int rc;
+
+	if (!cfg->token_again)
+		return oauth_with(p, cfg, cfg->password, err, errlen);
+	rc = cfg->token_again(cfg->token_aux, &fresh, err, errlen);
+	if (rc)
+		return rc;
+	rc = oauth_with(p, cfg, fresh, err, errlen);
+	explicit_bzero(fresh, strlen(fresh));
+	free(fresh);
+	return rc;
 }
 
 static int conn_login(struct conn_priv *p, const struct sync_config *cfg,

@@ -36,6 +36,8 @@ int sync_new(const struct sync_config *cfg, struct sync **out, char *err,
 	s->cfg.port = xstrdup(cfg->port);
 	s->cfg.starttls = cfg->starttls;
 	s->cfg.auth = cfg->auth;
+	s->cfg.token_again = cfg->token_again;
+	s->cfg.token_aux = cfg->token_aux;
 	s->cfg.cafile = dup_or_null(cfg->cafile);
 	s->cfg.cache_dir = xstrdup(cfg->cache_dir);
 	s->cfg.poll_interval = cfg->poll_interval ? cfg->poll_interval : 60;

@@ -25,6 +25,13 @@ struct sync_config {
 		SYNC_AUTH_XOAUTH2,
 		SYNC_AUTH_OAUTHBEARER,
 	} auth;
+	/* when set, run before each XOAUTH2 / OAUTHBEARER login for a token
+	 * of the moment (password_command again): access tokens expire
+	 * within the hour, and a mount outlives them. Returns 0 and the
+	 * token in *@out (the caller wipes and frees it), or -errno with
+	 * one line in @err. Called from any thread that connects. */
+	int (*token_again)(void *aux, char **out, char *err, size_t errlen);
+	void *token_aux;
 	char *cafile; /* owned, may be NULL: trust these CAs instead */
 	char *cache_dir; /* owned: the store's directory */
 	unsigned poll_interval; /* seconds between checks of every folder */

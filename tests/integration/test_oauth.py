@@ -202,3 +202,31 @@ def test_token_with_a_space_is_refused_before_sending(server, tmp_path, convoyfs
     assert rc == 1, err
     assert "access token is empty or contains a space or a control character" in err, err
     assert not any(" AUTHENTICATE" in c for c in s.commands), s.commands
+
+
+def test_each_login_takes_a_token_of_the_moment(server, mount, tmp_path):
+    """Access tokens expire within the hour and a mount outlives them:
+    every login runs password_command again. The server starts taking
+    only a new token and the connections are cut; the mount logs in
+    again with the new one and sees new mail (XOAUTH2: the relay between
+    them would change OAUTHBEARER's port)."""
+    from proxy import FaultProxy
+    s = server("xoauth2")
+    tok = token_file(tmp_path, TOKEN)
+    with FaultProxy("127.0.0.1", s.port) as p:
+        m = mount(s, url=p.url(user=s.user), options={"auth": "xoauth2"},
+                  password_command=s.password_command(tok))
+        assert sorted(files(m)) == [1, 2]
+        new = "ya29.rotated-Token_7"
+        with open(tok, "w") as f:
+            f.write(new + "\n")
+        s.password = new
+        s.add("INBOX", body(3))
+        p.cut_open()
+        harness.wait_until(lambda: sorted(files(m)) == [1, 2, 3], 60, interval=0.2,
+                           what="new mail after logging in with the new token")
+        assert any(a[2] == s.oauth_expected("XOAUTH2", s.port, new)
+                   for a in s.authentications), s.authentications
+        m.stop()
+        for secret in (TOKEN, new):
+            assert secret not in m.stderr()
