@@ -790,6 +790,8 @@ static int quick_check(sqlite3 *db, const void *arg)
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE)
 		return rc;
+	log_debug("quick_check of %s: %s", path,
+		  ok && nrow == 1 ? "ok" : "damaged");
 	return ok && nrow == 1 ? SQLITE_OK : SQLITE_CORRUPT;
 }
 
@@ -950,7 +952,7 @@ static struct open_dir *open_dir_find(const char *path)
 	return NULL;
 }
 
-int store_open(const char *dir, struct store **out)
+static int open_store(const char *dir, bool may_check, struct store **out)
 {
 	struct store *s;
 	struct open_dir *od;
@@ -990,7 +992,7 @@ int store_open(const char *dir, struct store **out)
 
 	pthread_mutex_lock(&open_lock);
 	od = open_dir_find(real);
-	rc = db_open(s, dbpath, !od, &corrupt);
+	rc = db_open(s, dbpath, !od && may_check, &corrupt);
 	if (rc && corrupt) {
 		if (od) {
 			log_error("database %s is corrupt but in use", dbpath);
@@ -1024,6 +1026,16 @@ out_free:
 	free(s->dir);
 	free(s);
 	return rc;
+}
+
+int store_open(const char *dir, struct store **out)
+{
+	return open_store(dir, true, out);
+}
+
+int store_open_checked(const char *dir, struct store **out)
+{
+	return open_store(dir, false, out);
 }
 
 void store_close(struct store *s)

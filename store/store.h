@@ -91,6 +91,13 @@ static inline int64_t store_msg_shown_in(const struct store_msg *m)
  * and a new one made (logged). Returns 0 and *@out, or -errno.
  */
 int store_open(const char *dir, struct store **out);
+/*
+ * store_open_checked - store_open without PRAGMA quick_check, for a
+ * caller that opened and closed the same store with store_open moments
+ * before in this run (the check reads the whole file: about a second at
+ * a million messages, paid once per mount, not twice).
+ */
+int store_open_checked(const char *dir, struct store **out);
 
 /*
  * store_cache_only - declare that @s writes nothing but the body cache

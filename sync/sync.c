@@ -886,7 +886,8 @@ int sync_start(struct sync *s)
 {
 	int rc;
 
-	rc = store_open(s->cfg.cache_dir, &s->st);
+	/* sync_new checked the file when it opened it before the mount */
+	rc = store_open_checked(s->cfg.cache_dir, &s->st);
 	if (!rc)
 		rc = store_bulk(s->st);
 	if (rc)

@@ -48,3 +48,18 @@ def test_cache_stays_within_budget(fresh_dovecot, mount):
     with open(os.path.join(inbox, files[0]), "rb") as fh:
         assert fh.read() == want[files[0]]
     assert bodies_fetched(m) == n + 1
+
+
+def test_a_mount_checks_its_store_once(fresh_dovecot, mount):
+    """PRAGMA quick_check reads the whole database (about a second at a
+    million messages): a mount runs it once, when it first opens the
+    store before mounting, not again in the daemon; a remount on the same
+    cache runs it once more."""
+    d = fresh_dovecot
+    d.append_many("INBOX", [(big_message(i), None, ()) for i in range(3)])
+    m = mount(d, debug="store")
+    assert m.stderr().count("quick_check of ") == 1, m.stderr()[-3000:]
+    assert m.stop() == 0
+    m2 = mount(d, name="again", cache_dir=m.cache_dir, debug="store")
+    assert m2.stderr().count("quick_check of ") == 1, m2.stderr()[-3000:]
+    assert "quick_check of %s/cache.db: ok" % os.path.realpath(m.cache_dir) in m2.stderr()
