@@ -93,6 +93,12 @@ struct prefetch {
 	bool keeping, keeper_stop; /* guarded */
 	int keep_rc; /* guarded: the last keep's failure, until drained */
 	uint64_t inflight; /* guarded: bytes of the job */
+	/* guarded: the cache's bytes as last summed over every body (at
+	 * held_at_ms) plus the batches kept since; the sum costs some 60 ms
+	 * at a million bodies, more than a batch, so it is made again only
+	 * every PF_HELD_MS */
+	uint64_t held;
+	long long held_at_ms;
 	/* guarded by s->lock */
 	bool woken;
 	enum prefetch_state state;

@@ -33,6 +33,9 @@
 #define PF_FULL_MS 10000
 /* counts for the status file at most this often */
 #define PF_COUNT_MS 2000
+/* the cache's bytes summed again at most this often (see struct
+ * prefetch's held) */
+#define PF_HELD_MS 10000
 
 /* one batch on the wire */
 struct pf_batch {
@@ -271,6 +274,9 @@ static void *keeper_main(void *arg)
 		pthread_mutex_lock(&s->lock);
 		p->job = NULL;
 		p->keeping = false;
+		/* kept or dropped, counted as kept: room() errs on the
+		 * full side until the next sum */
+		p->held += p->inflight;
 		p->inflight = 0;
 		pthread_cond_broadcast(&p->kept);
 	}
@@ -389,14 +395,27 @@ static int fetch_batch(struct prefetch *p, struct store_uncached *v, size_t n)
 static uint64_t room(struct prefetch *p)
 {
 	uint64_t total = 0, limit = p->s->cfg.cache_budget / 10 * 9;
+	long long now = now_ms();
+	bool stale;
 
 	if (!limit)
 		return UINT64_MAX;
-	if (store_body_total(p->st, &total))
-		return 0;
+	pthread_mutex_lock(&p->s->lock);
+	stale = !p->held_at_ms || now - p->held_at_ms >= PF_HELD_MS;
+	pthread_mutex_unlock(&p->s->lock);
+	/* bodies opened meanwhile and trims are counted at the next sum;
+	 * trim keeps the budget whatever this says */
+	if (stale) {
+		if (store_body_total(p->st, &total))
+			return 0;
+		pthread_mutex_lock(&p->s->lock);
+		p->held = total;
+		p->held_at_ms = now;
+		pthread_mutex_unlock(&p->s->lock);
+	}
 	/* and the batch the keeper still holds */
 	pthread_mutex_lock(&p->s->lock);
-	total += p->inflight;
+	total = p->held + p->inflight;
 	pthread_mutex_unlock(&p->s->lock);
 	return total < limit ? limit - total : 0;
 }
