@@ -596,7 +596,7 @@ static int64_t folder_id_by_name(struct sync *s, const char *name)
 static void queue_asked(struct sync *s)
 {
 	struct asked_folder *v;
-	size_t n;
+	size_t n, i;
 
 	pthread_mutex_lock(&s->lock);
 	v = s->asked;
@@ -604,7 +604,7 @@ static void queue_asked(struct sync *s)
 	s->asked = NULL;
 	s->nasked = 0;
 	pthread_mutex_unlock(&s->lock);
-	for (size_t i = 0; i < n; i++) {
+	for (i = 0; i < n; i++) {
 		struct folder_job *fj;
 		int64_t id = v[i].id ? v[i].id : folder_id_by_name(s, v[i].name);
 
@@ -627,8 +627,11 @@ static void queue_asked(struct sync *s)
 		if (jobq_submit_front(s->jobs, NULL,
 				      fj->grow ? "grow" : "refresh", run_folder,
 				      folder_job_free, fj, NULL))
-			break;
+			break; /* stopping: the rest is not asked any more */
 	}
+	/* what a stop left unqueued (the one that failed freed its job) */
+	for (i = i < n ? i + 1 : n; i < n; i++)
+		free(v[i].name);
 	free(v);
 }
 
