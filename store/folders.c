@@ -212,21 +212,13 @@ int store_folder_set_sync(struct store *s, const struct store_folder *f)
 int store_folder_count(struct store *s, int64_t id, uint64_t *n)
 {
 	sqlite3_stmt *st;
-	int rc;
+	int rc = store_get_row(s, ST_FOLDER_COUNT, id, &st);
 
-	rc = store_prepare(s, ST_FOLDER_COUNT, &st);
 	if (rc)
 		return rc;
-	sqlite3_bind_int64(st, 1, id);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*n = (uint64_t)sqlite3_column_int64(st, 0);
-		rc = 0;
-	} else {
-		rc = store_fail(s, ST_FOLDER_COUNT, rc);
-	}
+	*n = (uint64_t)sqlite3_column_int64(st, 0);
 	store_done(st);
-	return rc;
+	return 0;
 }
 
 int store_folder_rename(struct store *s, int64_t id,
@@ -267,20 +259,13 @@ int store_folder_set_mailboxid(struct store *s, int64_t id,
 int store_folder_newest(struct store *s, int64_t id, int64_t *date)
 {
 	sqlite3_stmt *st;
-	int rc;
+	/* an aggregate: always one row */
+	int rc = store_get_row(s, ST_FOLDER_NEWEST, id, &st);
 
 	*date = 0;
-	rc = store_prepare(s, ST_FOLDER_NEWEST, &st);
 	if (rc)
 		return rc;
-	sqlite3_bind_int64(st, 1, id);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*date = sqlite3_column_int64(st, 0);
-		rc = 0;
-	} else {
-		rc = store_fail(s, ST_FOLDER_NEWEST, rc);
-	}
+	*date = sqlite3_column_int64(st, 0);
 	store_done(st);
-	return rc;
+	return 0;
 }

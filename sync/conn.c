@@ -424,6 +424,26 @@ static bool conn_has_ctl(const char *s)
 	return false;
 }
 
+/* what login attempt @r (begun at @t0) came to: 0, -EACCES for a
+ * refusal, else the connection's failure; said in @err */
+static int login_result(struct conn_priv *p, const struct sync_config *cfg,
+			int r, long long t0, char *err, size_t errlen)
+{
+	char text[512];
+
+	if (r == MAILIMAP_ERROR_LOGIN) {
+		snprintf(err, errlen, "login as %s refused by server: %s",
+			 cfg->user, conn_text(p->pub.imap, text, sizeof(text)));
+		return -EACCES;
+	}
+	if (r) {
+		if (conn_rc_is_fatal(r))
+			p->broken = true;
+		return conn_open_fail(p, r, "log in to", t0, err, errlen);
+	}
+	return 0;
+}
+
 /* AUTHENTICATE XOAUTH2 or OAUTHBEARER with @token */
 static int oauth_with(struct conn_priv *p, const struct sync_config *cfg,
 		      const char *token, char *err, size_t errlen)
@@ -455,25 +475,14 @@ static int oauth_with(struct conn_priv *p, const struct sync_config *cfg,
 	t0 = now_ms();
 	r = imap_oauth(imap, bearer, cfg->user, token, p->host,
 		       p->port, why, sizeof(why));
-	if (r == MAILIMAP_ERROR_LOGIN) {
-		if (*why)
-			snprintf(err, errlen,
-				 "login as %s refused by server: %s (%s error "
-				 "%s)",
-				 cfg->user, conn_text(imap, text, sizeof(text)),
-				 mech, why);
-		else
-			snprintf(err, errlen,
-				 "login as %s refused by server: %s",
-				 cfg->user, conn_text(imap, text, sizeof(text)));
+	if (r == MAILIMAP_ERROR_LOGIN && *why) {
+		snprintf(err, errlen,
+			 "login as %s refused by server: %s (%s error %s)",
+			 cfg->user, conn_text(imap, text, sizeof(text)), mech,
+			 why);
 		return -EACCES;
 	}
-	if (r) {
-		if (conn_rc_is_fatal(r))
-			p->broken = true;
-		return conn_open_fail(p, r, "log in to", t0, err, errlen);
-	}
-	return 0;
+	return login_result(p, cfg, r, t0, err, errlen);
 }
 
 /* the same with the token of the moment: password_command run again
@@ -499,7 +508,6 @@ static int conn_login(struct conn_priv *p, const struct sync_config *cfg,
 		      char *err, size_t errlen)
 {
 	mailimap *imap = p->pub.imap;
-	char text[512];
 	long long t0 = now_ms();
 	int r;
 
@@ -534,17 +542,7 @@ static int conn_login(struct conn_priv *p, const struct sync_config *cfg,
 		t0 = now_ms();
 		r = mailimap_login(imap, cfg->user, cfg->password);
 	}
-	if (r == MAILIMAP_ERROR_LOGIN) {
-		snprintf(err, errlen, "login as %s refused by server: %s",
-			 cfg->user, conn_text(imap, text, sizeof(text)));
-		return -EACCES;
-	}
-	if (r) {
-		if (conn_rc_is_fatal(r))
-			p->broken = true;
-		return conn_open_fail(p, r, "log in to", t0, err, errlen);
-	}
-	return 0;
+	return login_result(p, cfg, r, t0, err, errlen);
 }
 
 /* a greeting is one short line; a server that sends more without a
