@@ -83,6 +83,10 @@ static char *status_text(struct fs *fs)
 
 	int64_t horizon = sync_horizon(fs->sync);
 
+	if (!borrow(fs, &st)) {
+		sync_note_ops(fs->sync, st);
+		give_back(fs, st);
+	}
 	sync_status(fs->sync, &head);
 	out = fuse_requests_line(fs, head);
 	free(head);

@@ -219,14 +219,15 @@ void on_change(const struct sync_change *c, void *aux);
  */
 struct timespec folder_mtime(struct fs *fs, int64_t folder);
 /*
- * moved_message - the mount moved message @umid to folder @to, which the
- * kernel now shows as @newname in @newparent: a name other than the
- * message's is forgotten at once, and if the server refuses the move
+ * moved_message - the mount moved message @umid, whose own name is @name
+ * (the one lookup_message() checked), to folder @to, which the kernel
+ * now shows as @newname in @newparent: a name other than the message's
+ * is forgotten at once, and if the server refuses the move
  * (the message shows in its old folder again, and sync says only that
  * folder changed), the name in @to is forgotten then. Thread: a FUSE
  * worker, after sync_move().
  */
-void moved_message(struct fs *fs, int64_t umid, int64_t to,
+void moved_message(struct fs *fs, int64_t umid, const char *name, int64_t to,
 		   fuse_ino_t newparent, const char *newname);
 /*
  * flagged_message - the mount changed the flags of message @umid: its

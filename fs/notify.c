@@ -131,20 +131,14 @@ static void check_moves(struct fs *fs)
 	pthread_mutex_unlock(&fs->note_lock);
 }
 
-void moved_message(struct fs *fs, int64_t umid, int64_t to,
+void moved_message(struct fs *fs, int64_t umid, const char *name, int64_t to,
 		   fuse_ino_t newparent, const char *newname)
 {
 	struct moved *mv = xcalloc(1, sizeof(*mv));
-	char name[NAMES_MAX + 1];
-	struct store_msg m;
 
 	/* mv INBOX/x Archive/y: the kernel has y, the listing x */
-	if (!get_msg(fs, umid, &m)) {
-		names_message(name, m.date, m.zone, m.subject, m.umid);
-		if (strcmp(name, newname))
-			queue_note(fs, newparent, newname, NULL);
-		store_msg_release(&m);
-	}
+	if (strcmp(name, newname))
+		queue_note(fs, newparent, newname, NULL);
 	mv->umid = umid;
 	mv->to = to;
 	pthread_mutex_lock(&fs->note_lock);

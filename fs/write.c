@@ -182,7 +182,7 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		/* the kernel keeps a message's name for an hour: what
 		 * it now holds must follow what the move becomes */
 		if (!rc)
-			moved_message(fs, umid, to, newparent, newname);
+			moved_message(fs, umid, name, to, newparent, newname);
 		goto out;
 	}
 	if (rc != -ENOENT || special_name(parent, name))

@@ -233,6 +233,10 @@ struct sync {
 	long long ops_first_ms; /* when the first op now waiting was kicked */
 	long long ops_last_ms; /* when the latest was */
 	uint64_t ops_pending; /* for the status file */
+	/* writes came since ops_list was made: sync_note_ops remakes it */
+	bool ops_stale;
+	/* writes since the executor last took what waited */
+	uint64_t ops_kicked;
 	char ops_list[512]; /* the first few, a line each */
 
 	struct fetcher fetchers[FETCHERS];
@@ -412,12 +416,14 @@ int batch_save_bookmark(struct sync *s, struct store_folder *f);
 int sync_grade_errno(int grade);
 
 /*
- * ops.c: the operation log's executor. ops_kick - ops were recorded
- * through @st: note them for the status file and have the sync thread
- * run them (any thread). ops_run - the job that runs every op waiting,
- * oldest first, on the sync thread's connection (@arg: the sync).
+ * ops.c: the operation log's executor. ops_kick - an op was recorded:
+ * have the sync thread run it (any thread). The status file's list of
+ * waiting ops is remade when it is next read, not here: each rename of
+ * an mv of a thousand files counted the whole log again. ops_run - the
+ * job that runs every op waiting, oldest first, on the sync thread's
+ * connection (@arg: the sync).
  */
-void ops_kick(struct sync *s, struct store *st);
+void ops_kick(struct sync *s);
 /* ops_wait_ms - with s->lock held: -1 if no op waits, else how long
  * before the executor should run them (0: now) */
 long long ops_wait_ms(struct sync *s);

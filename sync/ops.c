@@ -38,7 +38,7 @@
 #define OPS_BATCH 1000
 /* quiet time after the last write before ops run, and the longest the
  * first one waits */
-#define OPS_SETTLE_MS 50
+#define OPS_SETTLE_MS 25
 #define OPS_LATEST_MS 1000
 
 /*
@@ -103,10 +103,26 @@ static void note_pending(struct sync *s, struct store *st)
 	pthread_mutex_unlock(&s->lock);
 }
 
-void ops_kick(struct sync *s, struct store *st)
+void sync_note_ops(struct sync *s, struct store *st)
 {
-	note_pending(s, st);
+	bool stale;
+
 	pthread_mutex_lock(&s->lock);
+	stale = s->ops_stale;
+	s->ops_stale = false;
+	pthread_mutex_unlock(&s->lock);
+	if (stale)
+		note_pending(s, st);
+}
+
+void ops_kick(struct sync *s)
+{
+	pthread_mutex_lock(&s->lock);
+	/* a guess until the list is remade: a write may have joined an
+	 * op already waiting */
+	s->ops_pending++;
+	s->ops_kicked++;
+	s->ops_stale = true;
 	s->ops_last_ms = now_ms();
 	if (!s->ops_asked)
 		s->ops_first_ms = s->ops_last_ms;
@@ -128,7 +144,7 @@ long long ops_wait_ms(struct sync *s)
 	wait = s->ops_last_ms + OPS_SETTLE_MS - now;
 	if (s->ops_first_ms + OPS_LATEST_MS - now < wait)
 		wait = s->ops_first_ms + OPS_LATEST_MS - now;
-	if (s->ops_pending >= OPS_BATCH)
+	if (s->ops_kicked >= OPS_BATCH)
 		wait = 0;
 	return wait > 0 ? wait : 0;
 }
@@ -1445,6 +1461,8 @@ int ops_run(struct job *j, void *arg)
 		 * batches; the queue runs this job again when they have */
 		pthread_mutex_lock(&s->lock);
 		burst = s->ops_asked && ops_wait_ms(s) > 0;
+		if (!burst)
+			s->ops_kicked = 0; /* what waits now is taken */
 		pthread_mutex_unlock(&s->lock);
 		if (burst)
 			break;

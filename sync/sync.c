@@ -919,7 +919,7 @@ int sync_start(struct sync *s)
 	sync_poisoned_load(s);
 	/* ops a previous run left go first, before any refresh: one
 	 * sent before a crash must find the rows as it left them */
-	ops_kick(s, s->st);
+	ops_kick(s);
 	s->ops_first_ms = s->ops_last_ms = 0;
 	rc = fetch_start(s);
 	if (rc)

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct store;
+
 struct sync_config {
 	char *user; /* owned */
 	char *password; /* owned; wiped by sync_config_release; the token
@@ -146,6 +148,12 @@ void sync_request_folder(struct sync *s, int64_t folder, bool grow);
  * progress, last error), malloc'ed into *@text.
  */
 void sync_status(struct sync *s, char **text);
+/*
+ * sync_note_ops - remake, through @st, the list of waiting writes that
+ * sync_status() shows, if writes came since it was made. Thread: any
+ * (the one that reads the status, before sync_status()).
+ */
+void sync_note_ops(struct sync *s, struct store *st);
 
 /*
  * Writes (DESIGN §6). Each applies the change to the store through @st
@@ -159,7 +167,6 @@ void sync_status(struct sync *s, char **text);
  * sync_move - show message @umid in folder @folder: UID MOVE (or COPY,
  * STORE \Deleted and UID EXPUNGE) there.
  */
-struct store;
 int sync_move(struct sync *s, struct store *st, int64_t umid, int64_t folder);
 /* sync_remove - move @umid to the Trash folder (SPECIAL-USE \Trash, else
  * one named Trash; -EPERM if none); inside Trash, expunge it. */

@@ -35,7 +35,7 @@ int sync_move(struct sync *s, struct store *st, int64_t umid, int64_t folder)
 	if (!rc)
 		rc = store_op_move(st, umid, folder);
 	if (!rc)
-		ops_kick(s, st);
+		ops_kick(s);
 	return rc;
 }
 
@@ -112,7 +112,7 @@ int sync_remove(struct sync *s, struct store *st, int64_t umid)
 		rc = store_op_move(st, umid, trash);
 	store_msg_release(&m);
 	if (!rc)
-		ops_kick(s, st);
+		ops_kick(s);
 	return rc;
 }
 
@@ -210,7 +210,7 @@ int sync_set_flags(struct sync *s, struct store *st, int64_t umid,
 	rc = store_op_flags(st, umid, want);
 	free(want);
 	if (!rc)
-		ops_kick(s, st);
+		ops_kick(s);
 	return rc;
 }
 
@@ -304,7 +304,7 @@ int sync_mkdir(struct sync *s, struct store *st, int64_t parent,
 		rc = store_op_create(st, &f, folder);
 	}
 	if (!rc)
-		ops_kick(s, st);
+		ops_kick(s);
 	free(raw);
 	free(display);
 	if (parent)
@@ -340,7 +340,7 @@ int sync_rmdir(struct sync *s, struct store *st, int64_t folder)
 	if (!rc)
 		rc = store_op_delete(st, folder);
 	if (!rc)
-		ops_kick(s, st);
+		ops_kick(s);
 out:
 	store_folder_release(&f);
 	return rc;
@@ -399,7 +399,7 @@ int sync_rename_folder(struct sync *s, struct store *st, int64_t folder,
 	free(moved);
 	store_folder_list_free(v, n);
 	if (!rc)
-		ops_kick(s, st);
+		ops_kick(s);
 out_p:
 	free(raw);
 	free(display);
@@ -675,6 +675,6 @@ int sync_append(struct sync *s, struct store *st, int64_t folder, int in,
 	free(header);
 	free(path);
 	if (!rc)
-		ops_kick(s, st);
+		ops_kick(s);
 	return rc;
 }
