@@ -17,9 +17,12 @@
 
 #include "common.h"
 
+/* what one open of .convoyfs/status reads: the status as it was at
+ * the open, so that reads in pieces fit together */
 struct status_buf {
 	char *text;
 	size_t len;
+	struct status_buf *prev, *next; /* in fs->status_open */
 };
 
 static char *status_text(struct fs *fs);
@@ -166,6 +169,12 @@ void control_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	sb = xcalloc(1, sizeof(*sb));
 	sb->text = status_text(fs);
 	sb->len = strlen(sb->text);
+	pthread_mutex_lock(&fs->lock);
+	sb->next = fs->status_open;
+	if (sb->next)
+		sb->next->prev = sb;
+	fs->status_open = sb;
+	pthread_mutex_unlock(&fs->lock);
 	fi->fh = (uint64_t)(uintptr_t)sb;
 	fi->direct_io = 1;
 	fuse_reply_open(req, fi);
@@ -198,12 +207,32 @@ void control_release(fuse_req_t req, fuse_ino_t ino,
 		     struct fuse_file_info *fi)
 {
 	if (ino == INO_STATUS) {
+		struct fs *fs = fs_of(req);
 		struct status_buf *sb = (struct status_buf *)(uintptr_t)fi->fh;
 
+		pthread_mutex_lock(&fs->lock);
+		if (sb->prev)
+			sb->prev->next = sb->next;
+		else
+			fs->status_open = sb->next;
+		if (sb->next)
+			sb->next->prev = sb->prev;
+		pthread_mutex_unlock(&fs->lock);
 		free(sb->text);
 		free(sb);
 	}
 	fuse_reply_err(req, 0);
+}
+
+void control_forget_open(struct fs *fs)
+{
+	while (fs->status_open) {
+		struct status_buf *sb = fs->status_open;
+
+		fs->status_open = sb->next;
+		free(sb->text);
+		free(sb);
+	}
 }
 
 /*

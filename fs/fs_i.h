@@ -31,6 +31,8 @@ enum fs_req {
 	REQ_NKINDS
 };
 
+struct status_buf;
+
 struct fs {
 	struct fs_args *a; /* borrowed */
 	struct sync *sync; /* borrowed */
@@ -58,6 +60,8 @@ struct fs {
 	struct folder_stamp *stamps;
 	size_t nstamps;
 	struct timespec all_changed;
+	/* .convoyfs/status snapshots open (control.c); guarded by lock */
+	struct status_buf *status_open;
 };
 
 /* a folder's listing as its directory's mtime tells it */
@@ -140,6 +144,12 @@ void control_release(fuse_req_t req, fuse_ino_t ino,
 		     struct fuse_file_info *fi);
 void control_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		   size_t size, off_t off, struct fuse_file_info *fi);
+/*
+ * control_forget_open - free the status snapshots still open when the
+ * session ends: a RELEASE the kernel had queued at the unmount may never
+ * be read. Thread: main, after the session loop.
+ */
+void control_forget_open(struct fs *fs);
 
 /*
  * progress_start - when stderr is a terminal, redraw one line with the

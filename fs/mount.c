@@ -580,6 +580,7 @@ out_session:
 	fuse_session_destroy(se);
 out_args:
 	fuse_opt_free_args(&fargs);
+	control_forget_open(&fs);
 	tree_put(fs.tree);
 	free(fs.stamps);
 	for (size_t i = 0; i < fs.npool; i++)
