@@ -1,12 +1,12 @@
 /*
- * prefetch.c - bodies brought before anyone opens them. Once the first
- * sync is done, a thread with a connection of its own walks the folders
- * (INBOX first), newest message first, and fetches the bodies not yet
- * cached many at a time: one UID FETCH of a set of UIDs per batch, the
- * bytes streamed to disk as they come, the batch made durable by one
- * syncfs and recorded in one transaction, by a second thread while the
- * next batch comes. A reader never waits behind
- * it: opens go to the fetchers' connections (fetch.c). It stops at nine
+ * prefetch.c - bodies brought before anyone opens them. As the first
+ * sync stores headers, a thread with a connection of its own walks the
+ * folders (INBOX first), newest message first, and fetches the bodies
+ * not yet cached many at a time: one UID FETCH of a set of UIDs per
+ * batch, the bytes streamed to disk as they come, the batch made
+ * durable by one syncfs and recorded in one transaction, by a second
+ * thread while the next batch comes. A reader never waits behind it:
+ * opens go to the fetchers' connections (fetch.c). It stops at nine
  * tenths of the cache budget, so it never evicts what was read, and
  * leaves the rest to on-demand fetches; new mail wakes it.
  */
@@ -29,6 +29,9 @@
 /* all done: look at whole folders again this often (new mail wakes it
  * sooner, and then looks at new mail only) */
 #define PF_REST_MS (3600 * 1000)
+/* caught up with a first sync still learning: look again at least
+ * this often (each batch it stores wakes prefetch sooner) */
+#define PF_LEARNING_MS 1000
 /* the cache full: look again this often */
 #define PF_FULL_MS 10000
 /* counts for the status file at most this often */
@@ -531,8 +534,13 @@ static uint32_t *mark_of(struct prefetch *p, const struct store_folder *f)
 	return &p->marks[p->nmarks++].from;
 }
 
-/* one pass over every folder, INBOX first; 0 when all is cached */
-static int prefetch_pass(struct prefetch *p, int64_t since)
+/*
+ * One pass over every folder, INBOX first; 0 when all is cached. With
+ * @settled false the first sync is still learning the folders: what it
+ * has stored is fetched, and no mark is set, since older mail may still
+ * come below what this pass saw.
+ */
+static int prefetch_pass(struct prefetch *p, int64_t since, bool settled)
 {
 	struct store_folder *fo = NULL;
 	size_t n = 0;
@@ -547,7 +555,7 @@ static int prefetch_pass(struct prefetch *p, int64_t since)
 				continue;
 			mark = mark_of(p, &fo[i]);
 			rc = prefetch_folder(p, &fo[i], *mark, since);
-			if (!rc)
+			if (!rc && settled)
 				*mark = fo[i].uidnext;
 		}
 	if (rc == -ENOSPC)
@@ -561,27 +569,24 @@ static void *prefetch_main(void *arg)
 	struct prefetch *p = arg;
 	struct sync *s = p->s;
 
-	/* the tree first: bodies only once every folder is listed; the
-	 * connection is made meanwhile, so the first batch does not wait
-	 * for a handshake and a login */
+	/* bodies come beside the first sync, not after it: each batch of
+	 * headers it stores wakes this thread (sync_notify), which fetches
+	 * the bodies stored so far, newest first, as the sync learns older
+	 * mail; the connection is made at once, so the first batch does
+	 * not wait for a handshake and a login */
 	ensure_conn(p);
 	set_state(p, PREFETCH_WAITING);
-	for (;;) {
-		bool ready;
-
-		pthread_mutex_lock(&s->lock);
-		ready = s->first_sync_done || s->stopping;
-		pthread_mutex_unlock(&s->lock);
-		if (ready || !pf_sleep(p, 5000))
-			break;
-	}
 	long long whole_ms = now_ms(); /* when marks were last forgotten */
 
 	while (!sync_is_stopping(s)) {
 		int64_t since = 0;
 		long long wait;
+		bool settled;
 		int rc;
 
+		pthread_mutex_lock(&s->lock);
+		settled = s->first_sync_done;
+		pthread_mutex_unlock(&s->lock);
 		if (s->cfg.prefetch == PREFETCH_RECENT)
 			since = (int64_t)time(NULL) -
 				(int64_t)s->cfg.prefetch_days * 86400;
@@ -591,7 +596,7 @@ static void *prefetch_main(void *arg)
 			p->nmarks = 0;
 			whole_ms = now_ms();
 		}
-		rc = prefetch_pass(p, since);
+		rc = prefetch_pass(p, since, settled);
 		/* the last batch kept before the counts and the state */
 		if (keeper_drain(p) == -ENOSPC && !rc)
 			rc = -ENOSPC;
@@ -605,6 +610,11 @@ static void *prefetch_main(void *arg)
 			set_state(p, PREFETCH_OFFLINE);
 			wait = p->retry_at_ms > now_ms() ? p->retry_at_ms - now_ms()
 							 : 1000;
+		} else if (!settled) {
+			/* caught up with the first sync: its next batch of
+			 * headers, or its end, wakes this thread */
+			set_state(p, PREFETCH_WAITING);
+			wait = PF_LEARNING_MS;
 		} else {
 			set_state(p, PREFETCH_DONE);
 			/* an idle connection would only be dropped by the
