@@ -628,6 +628,53 @@ int store_body_sweep(struct store *s, struct store_sweep *out)
 	return rc;
 }
 
+/* the mark of an orderly stop: a file beside the database */
+#define CLEAN_STOP_NAME "clean-stop"
+
+/* a name made or removed in @dir made durable; 0 or -errno */
+static int sync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd))
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+bool store_clean_stop_take(struct store *s)
+{
+	char path[PATH_MAX];
+	int n = snprintf(path, sizeof(path), "%s/" CLEAN_STOP_NAME, s->dir);
+
+	if (n < 0 || n >= (int)sizeof(path) || unlink(path))
+		return false;
+	/* gone for good before anything is written: else a crash now could
+	 * leave the mark to a start that needs the sweep */
+	return !sync_dir(s->dir);
+}
+
+void store_clean_stop_mark(struct store *s)
+{
+	char path[PATH_MAX];
+	int n = snprintf(path, sizeof(path), "%s/" CLEAN_STOP_NAME, s->dir);
+	int fd;
+
+	if (n < 0 || n >= (int)sizeof(path))
+		return;
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) {
+		log_warn("cannot mark the stop as clean (%s): the next start "
+			 "will check the body cache",
+			 strerror(errno));
+		return;
+	}
+	close(fd);
+	sync_dir(s->dir);
+}
+
 /* ---- what prefetch still has to bring ---- */
 
 int store_uncached(struct store *s, int64_t folder, uint32_t from,

@@ -237,6 +237,9 @@ struct sync {
 	bool ops_stale;
 	/* writes since the executor last took what waited */
 	uint64_t ops_kicked;
+	/* the body cache was put in order (or found so) at this start: an
+	 * orderly stop may then say it is (store_clean_stop_mark) */
+	bool cache_checked;
 	char ops_list[512]; /* the first few, a line each */
 
 	struct fetcher fetchers[FETCHERS];

@@ -895,17 +895,26 @@ int sync_start(struct sync *s)
 		rc = store_bulk(s->st);
 	if (rc)
 		return rc;
-	/* before any fetcher writes a body: what a crash left behind */
-	{
+	/* before any fetcher writes a body: what a crash left behind, if
+	 * the last run did not stop in order */
+	if (store_clean_stop_take(s->st)) {
+		log_debug("body cache: the last run stopped in order, no sweep");
+		s->cache_checked = true;
+	} else {
 		struct store_sweep sw;
+		long long t0 = now_ms();
 
-		if (!store_body_sweep(s->st, &sw) &&
-		    (sw.temporary || sw.adopted || sw.dropped || sw.rows))
-			log_info("body cache put in order: %zu temporary files "
-				 "removed, %zu bodies accounted for, %zu of "
-				 "unknown messages removed, %zu rows without a "
-				 "file dropped",
-				 sw.temporary, sw.adopted, sw.dropped, sw.rows);
+		if (!store_body_sweep(s->st, &sw)) {
+			s->cache_checked = true;
+			log_debug("body cache swept in %lld ms", now_ms() - t0);
+			if (sw.temporary || sw.adopted || sw.dropped || sw.rows)
+				log_info("body cache put in order: %zu temporary "
+					 "files removed, %zu bodies accounted "
+					 "for, %zu of unknown messages removed, "
+					 "%zu rows without a file dropped",
+					 sw.temporary, sw.adopted, sw.dropped,
+					 sw.rows);
+		}
 	}
 	{
 		size_t kept = 0;
@@ -966,6 +975,11 @@ void sync_stop(struct sync *s)
 	fetch_stop(s);
 	conn_close(s->conn);
 	s->conn = NULL;
+	/* no body is written any more, and every one kept is recorded */
+	if (s->cache_checked && s->st) {
+		store_clean_stop_mark(s->st);
+		s->cache_checked = false;
+	}
 }
 
 void sync_free(struct sync *s)

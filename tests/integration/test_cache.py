@@ -63,3 +63,48 @@ def test_a_mount_checks_its_store_once(fresh_dovecot, mount):
     m2 = mount(d, name="again", cache_dir=m.cache_dir, debug="store")
     assert m2.stderr().count("quick_check of ") == 1, m2.stderr()[-3000:]
     assert "quick_check of %s/cache.db: ok" % os.path.realpath(m.cache_dir) in m2.stderr()
+
+
+def test_a_start_after_an_orderly_stop_spares_the_body_sweep(fresh_dovecot, mount):
+    """The sweep that puts the body cache in order after a crash reads the
+    name of every body file and every row (seconds at a million bodies):
+    a start after an orderly stop skips it, a start after kill -9 runs it,
+    and a body left half written by the crash is removed then."""
+    d = fresh_dovecot
+    d.append_many("INBOX", [(big_message(i), None, ()) for i in range(3)])
+    m = mount(d, debug="sync")
+    assert "body cache swept in " in m.stderr(), m.stderr()[-3000:]
+    inbox = os.path.join(m.path, "INBOX")
+    for name in sorted(os.listdir(inbox)):
+        with open(os.path.join(inbox, name), "rb") as f:
+            f.read()
+    assert m.stop() == 0
+    assert os.path.exists(os.path.join(m.cache_dir, "clean-stop"))
+
+    m2 = mount(d, name="again", cache_dir=m.cache_dir, debug="sync")
+    assert "the last run stopped in order, no sweep" in m2.stderr(), m2.stderr()[-3000:]
+    assert "body cache swept in " not in m2.stderr()
+    assert not os.path.exists(os.path.join(m.cache_dir, "clean-stop"))
+    # what a crash in the middle of a body leaves
+    bodydir = os.path.join(m.cache_dir, "bodies")
+    sub = sorted(e for e in os.listdir(bodydir) if len(e) == 2)[0]
+    tmp = os.path.join(bodydir, sub, ".tmp-1-1-1")
+    with open(tmp, "wb") as f:
+        f.write(b"half a body")
+    m2.proc.kill()
+    m2.proc.wait(10)
+    m2.stop()
+    assert not os.path.exists(os.path.join(m.cache_dir, "clean-stop"))
+
+    m3 = mount(d, name="third", cache_dir=m.cache_dir, debug="sync")
+    assert "body cache swept in " in m3.stderr(), m3.stderr()[-3000:]
+    assert "1 temporary files removed" in m3.stderr(), m3.stderr()[-3000:]
+    assert not os.path.exists(tmp)
+    # the bodies cached before the crash still read whole
+    names = sorted(os.listdir(os.path.join(m3.path, "INBOX")))
+    assert len(names) == 3
+    for name in names:
+        path = os.path.join(m3.path, "INBOX", name)
+        with open(path, "rb") as f:
+            data = f.read()
+        assert len(data) == os.stat(path).st_size > 0
