@@ -85,16 +85,15 @@ static char *status_text(struct fs *fs)
 	size_t n = 0, len;
 
 	int64_t horizon = sync_horizon(fs->sync);
+	bool have_st = !borrow(fs, &st);
 
-	if (!borrow(fs, &st)) {
+	if (have_st)
 		sync_note_ops(fs->sync, st);
-		give_back(fs, st);
-	}
 	sync_status(fs->sync, &head);
 	out = fuse_requests_line(fs, head);
 	free(head);
 	len = strlen(out);
-	if (borrow(fs, &st))
+	if (!have_st)
 		return out;
 	if (!store_folder_list(st, &f, &n)) {
 		for (size_t i = 0; i < n; i++) {

@@ -644,12 +644,19 @@ static int sync_dir(const char *dir)
 	return rc;
 }
 
+/* the mark's path into @path; false if it does not fit */
+static bool clean_stop_path(const struct store *s, char path[PATH_MAX])
+{
+	int n = snprintf(path, PATH_MAX, "%s/" CLEAN_STOP_NAME, s->dir);
+
+	return n > 0 && n < PATH_MAX;
+}
+
 bool store_clean_stop_take(struct store *s)
 {
 	char path[PATH_MAX];
-	int n = snprintf(path, sizeof(path), "%s/" CLEAN_STOP_NAME, s->dir);
 
-	if (n < 0 || n >= (int)sizeof(path) || unlink(path))
+	if (!clean_stop_path(s, path) || unlink(path))
 		return false;
 	/* gone for good before anything is written: else a crash now could
 	 * leave the mark to a start that needs the sweep */
@@ -659,10 +666,9 @@ bool store_clean_stop_take(struct store *s)
 void store_clean_stop_mark(struct store *s)
 {
 	char path[PATH_MAX];
-	int n = snprintf(path, sizeof(path), "%s/" CLEAN_STOP_NAME, s->dir);
 	int fd;
 
-	if (n < 0 || n >= (int)sizeof(path))
+	if (!clean_stop_path(s, path))
 		return;
 	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0) {

@@ -118,9 +118,6 @@ void sync_note_ops(struct sync *s, struct store *st)
 void ops_kick(struct sync *s)
 {
 	pthread_mutex_lock(&s->lock);
-	/* a guess until the list is remade: a write may have joined an
-	 * op already waiting */
-	s->ops_pending++;
 	s->ops_kicked++;
 	s->ops_stale = true;
 	s->ops_last_ms = now_ms();
