@@ -1,22 +1,35 @@
 /*
- * bench_fuse_floor - the cost of FUSE itself for what `mv` of many files
- * asks, on this machine: a filesystem with two directories, A holding N
- * empty files and B none, that keeps everything in memory, answers every
- * request at once, and mounts with default_permissions and the same
- * threads as convoyfs. tools/bench times an mv of every file of A into B on it beside
- * convoyfs's mv, so the ratio to a raw UID MOVE can be read against what
- * no FUSE filesystem here could beat.
+ * bench_fuse_floor - the cost of FUSE itself on this machine, for what
+ * tools/bench times on convoyfs: a filesystem with two directories, A
+ * holding N files and B none, that keeps everything in memory, answers
+ * every request at once, and mounts with default_permissions and the
+ * same threads as convoyfs.
  *
- *   bench_fuse_floor MOUNTPOINT N
+ *   bench_fuse_floor MOUNTPOINT N             N empty files, for mv
+ *   bench_fuse_floor MOUNTPOINT N DIR [noopen]
  *
- * runs in the foreground until unmounted. Not a test; built with the
+ * With DIR, A's files hold the contents of DIR's first N regular files
+ * (sorted by name), served as convoyfs serves a cached body: listed with
+ * READDIRPLUS, an hour's entry and attribute timeouts, opened with
+ * keep_cache and noflush, read from memory. tools/bench times `mv` of
+ * every file of A into B, and `cat` and `grep -rl` of A, beside the
+ * same on convoyfs, so a ratio can be read against what no FUSE
+ * filesystem here could beat. "noopen" answers OPEN and FLUSH with
+ * ENOSYS, which the kernel takes as "never send them again": the least
+ * FUSE can cost a read, at the price of any per-open state and of an
+ * error reported at close().
+ *
+ * Runs in the foreground until unmounted. Not a test; built with the
  * bench tools.
  */
 #define FUSE_USE_VERSION 314
 #include <fuse_lowlevel.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +43,9 @@
 
 static unsigned long nfiles;
 static unsigned char *where; /* per file: INO_A or INO_B */
+static char **data;          /* per file: its content, with DIR */
+static size_t *sizes;
+static int noopen;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static time_t born;
 
@@ -46,6 +62,8 @@ static void attr_of(fuse_ino_t ino, struct stat *st)
 	} else {
 		st->st_mode = S_IFREG | 0400;
 		st->st_nlink = 1;
+		if (sizes)
+			st->st_size = (off_t)sizes[ino - FILE0];
 	}
 }
 
@@ -103,14 +121,13 @@ static void fl_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	fuse_reply_attr(req, &st, ino < FILE0 ? 1.0 : 3600.0);
 }
 
-static void fl_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		       struct fuse_file_info *fi)
+static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		     bool plus)
 {
 	char *buf = calloc(1, size), name[32];
 	size_t used = 0;
 	struct stat st;
 
-	(void)fi;
 	pthread_mutex_lock(&lock);
 	for (unsigned long i = (unsigned long)off; i < nfiles + 2; i++) {
 		fuse_ino_t child;
@@ -128,8 +145,21 @@ static void fl_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			snprintf(name, sizeof(name), "f%lu", i);
 		}
 		attr_of(child, &st);
-		len = fuse_add_direntry(req, buf + used, size - used, name, &st,
-					(off_t)i + 1);
+		if (plus) {
+			struct fuse_entry_param e;
+
+			memset(&e, 0, sizeof(e));
+			e.ino = child;
+			e.attr = st;
+			e.attr_timeout = e.entry_timeout =
+				child < FILE0 ? 1.0 : 3600.0;
+			len = fuse_add_direntry_plus(req, buf + used,
+						     size - used, name, &e,
+						     (off_t)i + 1);
+		} else {
+			len = fuse_add_direntry(req, buf + used, size - used,
+						name, &st, (off_t)i + 1);
+		}
 		if (len > size - used)
 			break;
 		used += len;
@@ -137,6 +167,120 @@ static void fl_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	pthread_mutex_unlock(&lock);
 	fuse_reply_buf(req, buf, used);
 	free(buf);
+}
+
+static void fl_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	(void)fi;
+	list_dir(req, ino, size, off, false);
+}
+
+static void fl_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
+			   off_t off, struct fuse_file_info *fi)
+{
+	(void)fi;
+	list_dir(req, ino, size, off, true);
+}
+
+static void fl_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	if (noopen) {
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
+	if (ino < FILE0) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	fi->keep_cache = 1;
+	fi->noflush = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void fl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	size_t have = sizes && ino >= FILE0 ? sizes[ino - FILE0] : 0;
+
+	(void)fi;
+	if ((size_t)off >= have)
+		size = 0;
+	else if (size > have - (size_t)off)
+		size = have - (size_t)off;
+	fuse_reply_buf(req, size ? data[ino - FILE0] + off : NULL, size);
+}
+
+static void fl_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, noopen ? ENOSYS : 0);
+}
+
+static void fl_release(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+/* READDIRPLUS for every page, as convoyfs asks */
+static void fl_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	if (conn->capable & FUSE_CAP_READDIRPLUS) {
+		conn->want |= FUSE_CAP_READDIRPLUS;
+		conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+	}
+}
+
+static int by_name(const struct dirent **a, const struct dirent **b)
+{
+	return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+/* the contents of dir's first nfiles regular files, or -1 */
+static int load(const char *dir)
+{
+	struct dirent **ents;
+	unsigned long got = 0;
+	int n = scandir(dir, &ents, NULL, by_name);
+
+	if (n < 0) {
+		perror(dir);
+		return -1;
+	}
+	data = calloc(nfiles ? nfiles : 1, sizeof(*data));
+	sizes = calloc(nfiles ? nfiles : 1, sizeof(*sizes));
+	for (int i = 0; i < n; i++) {
+		char path[4096];
+		struct stat st;
+		int fd;
+
+		snprintf(path, sizeof(path), "%s/%s", dir, ents[i]->d_name);
+		fd = open(path, O_RDONLY | O_NOFOLLOW);
+		if (got < nfiles && fd >= 0 && !fstat(fd, &st) &&
+		    S_ISREG(st.st_mode)) {
+			data[got] = malloc(st.st_size ? (size_t)st.st_size : 1);
+			if (read(fd, data[got], (size_t)st.st_size) != st.st_size) {
+				perror(path);
+				return -1;
+			}
+			sizes[got++] = (size_t)st.st_size;
+		}
+		if (fd >= 0)
+			close(fd);
+		free(ents[i]);
+	}
+	free(ents);
+	if (got < nfiles) {
+		fprintf(stderr, "%s holds %lu regular files, not %lu\n", dir,
+			got, nfiles);
+		return -1;
+	}
+	return 0;
 }
 
 static void fl_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -160,9 +304,15 @@ static void fl_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 }
 
 static const struct fuse_lowlevel_ops ops = {
+	.init = fl_init,
 	.lookup = fl_lookup,
 	.getattr = fl_getattr,
 	.readdir = fl_readdir,
+	.readdirplus = fl_readdirplus,
+	.open = fl_open,
+	.read = fl_read,
+	.flush = fl_flush,
+	.release = fl_release,
 	.rename = fl_rename,
 };
 
@@ -175,11 +325,15 @@ int main(int argc, char **argv)
 	struct fuse_session *se;
 	int rc;
 
-	if (argc != 3) {
-		fprintf(stderr, "usage: %s MOUNTPOINT N\n", argv[0]);
+	if (argc < 3 || argc > 5 || (argc == 5 && strcmp(argv[4], "noopen"))) {
+		fprintf(stderr, "usage: %s MOUNTPOINT N [DIR [noopen]]\n",
+			argv[0]);
 		return 2;
 	}
 	nfiles = strtoul(argv[2], NULL, 10);
+	noopen = argc == 5;
+	if (argc >= 4 && load(argv[3]))
+		return 1;
 	where = malloc(nfiles ? nfiles : 1);
 	memset(where, INO_A, nfiles);
 	born = time(NULL);
