@@ -123,6 +123,7 @@ struct watcher {
 	struct conn *conn;
 	unsigned fails; /* connections in a row that made no progress */
 	bool progress; /* this connection ended an IDLE well */
+	uint32_t inbox_exists; /* INBOX's count as last said to it */
 	long long retry_at_ms;
 	enum push_mode mode; /* guarded by sync's lock */
 };
@@ -162,6 +163,8 @@ struct asked_folder {
 	int64_t id; /* 0: look it up by @name */
 	char *name; /* owned: raw server name, or NULL */
 	bool grow; /* learn all of its older mail too */
+	/* a push that said only the folder's count: that count; else -1 */
+	int64_t count;
 };
 
 /* what .convoyfs/status says of one folder; guarded by s->lock */
@@ -172,6 +175,12 @@ struct folder_note {
 	bool failed;
 	char error[160];
 	int64_t when; /* Unix time of the failure */
+};
+
+/* when the last refresh of a folder that ended well began */
+struct refreshed {
+	int64_t folder;
+	uint64_t began; /* s->refresh_clock */
 };
 
 struct sync {
@@ -201,6 +210,12 @@ struct sync {
 	bool fresh_list; /* sync_new just listed: the first round need not */
 	int64_t suspect; /* the folder whose job was running when the
 			    connection broke: refreshed last */
+	/* ticks at each refresh queued and each refresh begun: a refresh
+	 * that began after another was queued and ended well saw all the
+	 * other was queued for (sync.c, run_folder) */
+	uint64_t refresh_clock;
+	struct refreshed *refreshed; /* per folder, the last good one */
+	size_t nrefreshed;
 	struct job *ops_job; /* the executor queued or running, or NULL */
 	struct sync_hunt hunts[SYNC_HUNTS];
 	unsigned next_hunt; /* the slot a new hunt takes when all are used */
@@ -273,8 +288,11 @@ void sync_batch_failed(struct sync *s);
 bool sync_work_waiting(struct sync *s, const struct store_folder *f);
 
 /* sync_push - the server says folder @name (raw) changed: refresh it
- * soon, ahead of the round. Thread: any (the watcher). */
-void sync_push(struct sync *s, const char *name);
+ * soon, ahead of the round. @count: when all it said is the folder's
+ * message count (an EXISTS), that count, else -1; a refresh is spared
+ * when the sync's own last look found that count already. Thread: any
+ * (the watcher). */
+void sync_push(struct sync *s, const char *name, int64_t count);
 /* sync_poll_now - pushes may have been missed: a poll round soon.
  * Thread: any. */
 void sync_poll_now(struct sync *s);

@@ -307,7 +307,9 @@ static void take_push(struct mailimap_response_data *rd, struct imap_push *p)
 				push_folder(p,
 					    mbd->mbd_data.mbd_status->st_mailbox);
 		} else if (mbd->mbd_type == MAILIMAP_MAILBOX_DATA_EXISTS) {
-			p->selected = true;
+			/* the watcher compares it with the count it knew */
+			p->has_exists = true;
+			p->exists = mbd->mbd_data.mbd_exists;
 		}
 		break;
 	}

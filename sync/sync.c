@@ -281,7 +281,65 @@ struct folder_job {
 	int64_t folder;
 	bool grow; /* learn older mail, not refresh */
 	bool to_the_end; /* grow past the horizon (asked for) */
+	uint64_t queued; /* s->refresh_clock when a refresh was queued */
+	int64_t count; /* pushed: the count the server said, or -1 */
 };
+
+/* a refresh of @folder to queue: stamped with the refresh clock */
+static struct folder_job *refresh_job(struct sync *s, int64_t folder)
+{
+	struct folder_job *fj = xcalloc(1, sizeof(*fj));
+
+	fj->s = s;
+	fj->folder = folder;
+	fj->queued = ++s->refresh_clock;
+	fj->count = -1;
+	return fj;
+}
+
+static struct refreshed *refreshed_of(struct sync *s, int64_t folder)
+{
+	for (size_t i = 0; i < s->nrefreshed; i++)
+		if (s->refreshed[i].folder == folder)
+			return &s->refreshed[i];
+	return NULL;
+}
+
+/*
+ * Whether a refresh of @fj's folder that began after @fj was queued has
+ * ended well: its look at the server came after whatever asked for @fj
+ * (a push, the round, the user), so @fj has nothing left to learn. A
+ * push during a round's refresh of the same folder, or a round queued
+ * while a pushed refresh waits, would otherwise select and read the
+ * folder twice; on a large maildir each look costs the server a scan.
+ */
+static bool refreshed_since(struct sync *s, const struct folder_job *fj)
+{
+	const struct refreshed *r = refreshed_of(s, fj->folder);
+	struct sync_folder_status fst;
+
+	if (r && r->began > fj->queued)
+		return true;
+	/* a push that only gave the count the last good look found (an
+	 * EXISTS the server repeats, or one the sync thread was quicker
+	 * to see): new mail or an expunge would have changed the count or
+	 * come with an EXPUNGE of its own */
+	return r && fj->count >= 0 && !sync_folder_status(s, fj->folder, &fst) &&
+	       !fst.failed && fst.has_total && fst.total == fj->count;
+}
+
+static void note_refreshed(struct sync *s, int64_t folder, uint64_t began)
+{
+	struct refreshed *r = refreshed_of(s, folder);
+
+	if (!r) {
+		s->refreshed = xrealloc(s->refreshed, (s->nrefreshed + 1) *
+							      sizeof(*r));
+		r = &s->refreshed[s->nrefreshed++];
+		r->folder = folder;
+	}
+	r->began = began;
+}
 
 static void folder_job_free(void *arg)
 {
@@ -371,8 +429,14 @@ static int run_folder(struct job *j, void *arg)
 	struct folder_job *fj = arg;
 	struct sync *s = fj->s;
 	struct store_folder f = { 0 };
+	uint64_t began = 0;
 	int rc;
 
+	if (!fj->grow && refreshed_since(s, fj)) {
+		log_debug("refresh of folder %lld: the last look saw it",
+			  (long long)fj->folder);
+		return 0;
+	}
 	if (!job_folder(s, fj->folder, &f, &rc))
 		goto out;
 	/* the folder's turn: if the connection breaks now, it goes last
@@ -384,8 +448,11 @@ static int run_folder(struct job *j, void *arg)
 		if (rc == 1)
 			rc = submit_grow(s, j, fj);
 	} else {
+		began = ++s->refresh_clock;
 		rc = refresh_folder(s, &f, j);
 		note_result(s, &f, "refresh", rc);
+		if (!rc)
+			note_refreshed(s, f.id, began);
 		if (!rc && !sync_settled(s, &f))
 			rc = submit_grow(s, j, fj);
 	}
@@ -402,6 +469,11 @@ out:
  * HIGHESTMODSEQ moved. A folder still being learned, or whose last
  * refresh failed, is refreshed anyway. *@rc is -ENOTCONN when the
  * connection broke.
+ *
+ * Only polls ask: a full round (the first on a connection, or asked
+ * for) refreshes every folder, as a STATUS can lag behind the folder:
+ * Dovecot's answer from its mailbox list index was seen to miss three
+ * APPENDs another session had completed.
  */
 static bool folder_moved(struct sync *s, const struct store_folder *f,
 			 int *rc)
@@ -490,9 +562,7 @@ static int run_list(struct job *j, void *arg)
 				continue;
 			if (rc)
 				break;
-			fj = xcalloc(1, sizeof(*fj));
-			fj->s = s;
-			fj->folder = f[i].id;
+			fj = refresh_job(s, f[i].id);
 			rc = jobq_submit(s->jobs, j, "refresh", run_folder,
 					 folder_job_free, fj, NULL);
 		}
@@ -501,7 +571,8 @@ static int run_list(struct job *j, void *arg)
 	return rc;
 }
 
-static void ask(struct sync *s, int64_t id, const char *name, bool grow)
+static void ask(struct sync *s, int64_t id, const char *name, bool grow,
+		int64_t count)
 {
 	pthread_mutex_lock(&s->lock);
 	for (size_t i = 0; i < s->nasked; i++) {
@@ -510,13 +581,16 @@ static void ask(struct sync *s, int64_t id, const char *name, bool grow)
 		/* already waiting: one refresh will see both changes */
 		if (a->id == id && (!name || (a->name && !strcmp(a->name, name)))) {
 			a->grow |= grow;
+			/* the newer count, unless either said more */
+			a->count = a->count < 0 ? -1 : count;
 			pthread_mutex_unlock(&s->lock);
 			return;
 		}
 	}
 	s->asked = xrealloc(s->asked, (s->nasked + 1) * sizeof(*s->asked));
 	s->asked[s->nasked++] = (struct asked_folder){
-		.id = id, .name = name ? xstrdup(name) : NULL, .grow = grow
+		.id = id, .name = name ? xstrdup(name) : NULL, .grow = grow,
+		.count = count
 	};
 	pthread_mutex_unlock(&s->lock);
 	jobq_wake(s->jobs);
@@ -524,12 +598,12 @@ static void ask(struct sync *s, int64_t id, const char *name, bool grow)
 
 void sync_request_folder(struct sync *s, int64_t folder, bool grow)
 {
-	ask(s, folder, NULL, grow);
+	ask(s, folder, NULL, grow, -1);
 }
 
-void sync_push(struct sync *s, const char *name)
+void sync_push(struct sync *s, const char *name, int64_t count)
 {
-	ask(s, 0, name, false);
+	ask(s, 0, name, false, count);
 }
 
 bool sync_work_waiting(struct sync *s, const struct store_folder *f)
@@ -619,10 +693,9 @@ static void queue_asked(struct sync *s)
 			continue;
 		}
 		free(v[i].name);
-		fj = xcalloc(1, sizeof(*fj));
-		fj->s = s;
-		fj->folder = id;
+		fj = refresh_job(s, id);
 		fj->grow = v[i].grow;
+		fj->count = v[i].count;
 		fj->to_the_end = v[i].grow;
 		if (jobq_submit_front(s->jobs, NULL,
 				      fj->grow ? "grow" : "refresh", run_folder,
@@ -995,6 +1068,7 @@ void sync_free(struct sync *s)
 		free(s->asked[i].name);
 	free(s->asked);
 	imap_mailboxes_free(s->listed, s->nlisted);
+	free(s->refreshed);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->fetch_wake);
 	pthread_cond_destroy(&s->fetch_done);

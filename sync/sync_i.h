@@ -362,8 +362,10 @@ int imap_idle_wait(struct conn *c, int wake_fd, long long ms);
 
 /* what the server pushed during one IDLE */
 struct imap_push {
-	bool selected; /* the selected folder changed (EXISTS, EXPUNGE,
-			  FETCH, VANISHED) */
+	bool selected; /* the selected folder changed (EXPUNGE, FETCH,
+			  VANISHED) */
+	bool has_exists; /* an EXISTS came for it: its count is @exists */
+	uint32_t exists;
 	char **folders; /* owned: other folders (NOTIFY's STATUS), raw */
 	size_t nfolders;
 };

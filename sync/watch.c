@@ -109,6 +109,7 @@ static int watch_connect(struct sync *s)
 		notify = g == IMAP_OK;
 	}
 	g = imap_examine(w->conn, "INBOX", &box);
+	w->inbox_exists = box.exists;
 	imap_box_release(&box);
 	if (g == IMAP_CONN_BAD)
 		goto lost;
@@ -128,13 +129,26 @@ lost:
 	return -EAGAIN;
 }
 
-/* hand what the server pushed to the sync thread */
+/*
+ * Hand what the server pushed to the sync thread. An EXISTS that
+ * repeats the count INBOX had is no news: Dovecot says it again when
+ * another session (the sync thread's own look) brings the maildir's
+ * new mail into its index, and each push costs a refresh, which on a
+ * large folder costs the server a scan.
+ */
 static void hand_over(struct sync *s, const struct imap_push *p)
 {
+	struct watcher *w = &s->watch;
+	bool more = p->has_exists && p->exists != w->inbox_exists;
+
+	if (p->has_exists)
+		w->inbox_exists = p->exists;
 	if (p->selected)
-		sync_push(s, "INBOX");
+		sync_push(s, "INBOX", -1);
+	else if (more)
+		sync_push(s, "INBOX", p->exists);
 	for (size_t i = 0; i < p->nfolders; i++)
-		sync_push(s, p->folders[i]);
+		sync_push(s, p->folders[i], -1);
 }
 
 /* one IDLE: until a push, the time limit or a stop. Returns an

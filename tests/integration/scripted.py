@@ -7,7 +7,9 @@ answering BODY[], two bodies in one reply, an RFC822.SIZE that lies.
 
 It is a test double for the parts of IMAP4rev1 convoyfs sends without
 extensions (CAPABILITY, LOGIN, LIST, STATUS, EXAMINE/SELECT, FETCH and
-UID FETCH, UID SEARCH, NOOP, LOGOUT); anything else gets BAD. A server
+UID FETCH, UID SEARCH, NOOP, LOGOUT), and IDLE when `caps` names it,
+during which push() sends what a test wants said; anything else gets
+BAD. A server
 whose `caps` name AUTH=XOAUTH2 or AUTH=OAUTHBEARER (and SASL-IR) also
 takes AUTHENTICATE with that mechanism, the bearer token being
 `password`; it checks the client's whole SASL response and answers a
@@ -102,6 +104,7 @@ class ScriptedImap:
         self.say_uidnext = say_uidnext  # False: UIDNEXT left out everywhere
         self.lock = threading.Lock()
         self.commands = []  # every line received, decoded
+        self.idlers = []  # the files of sessions in IDLE now
         # each AUTHENTICATE: (mechanism, sent as initial response,
         # decoded response, the answer to the error challenge or None)
         self.authentications = []
@@ -139,6 +142,16 @@ class ScriptedImap:
             m = Message(uid, data, date, flags)
             box.append(m)
             return m
+
+    def push(self, data):
+        """Write data (untagged lines) to every session in IDLE now;
+        returns how many there were."""
+        with self.lock:
+            for f in self.idlers:
+                with contextlib.suppress(OSError, ValueError):
+                    f.write(data)
+                    f.flush()
+            return len(self.idlers)
 
     # -- replies a test may bend ---------------------------------------------------
 
@@ -259,6 +272,22 @@ class ScriptedImap:
                     continue
             elif cmd == "NOOP":
                 pass
+            elif cmd == "IDLE" and "IDLE" in self.caps.upper().split():
+                f.write(b"+ idling\r\n")
+                f.flush()
+                with self.lock:
+                    self.idlers.append(f)
+                try:
+                    done = f.readline()
+                finally:
+                    with self.lock:
+                        self.idlers.remove(f)
+                        self.commands.append(done.decode("utf-8", "replace").rstrip("\r\n"))
+                if not done:
+                    return
+                f.write(tag + b" OK idle done\r\n")
+                f.flush()
+                continue
             elif cmd == "LOGOUT":
                 f.write(b"* BYE bye\r\n" + tag + b" OK done\r\n")
                 f.flush()
