@@ -757,13 +757,19 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EISDIR);
 		return;
 	}
-	rc = get_msg(fs, (int64_t)ino, &m);
-	if (rc) {
-		fuse_reply_err(req, -rc);
-		return;
-	}
-	store_msg_release(&m);
+	/* a cached body opens without a look at its row: the kernel
+	 * found the inode by a lookup that looked, and a message gone or
+	 * hidden since had its entry dropped (notify.c); each store query
+	 * costs its read lock's fcntl calls, on every open of grep -r */
 	fd = open_body(fs, (int64_t)ino);
+	if (fd == -ENOENT) {
+		rc = get_msg(fs, (int64_t)ino, &m);
+		if (rc) {
+			fuse_reply_err(req, -rc);
+			return;
+		}
+		store_msg_release(&m);
+	}
 	if (fd == -ENOENT) {
 		/* not cached: answered when the body is, from a fetcher,
 		 * so this worker is free for others meanwhile */
