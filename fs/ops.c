@@ -763,17 +763,17 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	 * costs its read lock's fcntl calls, on every open of grep -r */
 	fd = open_body(fs, (int64_t)ino);
 	if (fd == -ENOENT) {
+		/* not cached: answered when the body is, from a fetcher,
+		 * so this worker is free for others meanwhile */
+		struct pending_open *po;
+
 		rc = get_msg(fs, (int64_t)ino, &m);
 		if (rc) {
 			fuse_reply_err(req, -rc);
 			return;
 		}
 		store_msg_release(&m);
-	}
-	if (fd == -ENOENT) {
-		/* not cached: answered when the body is, from a fetcher,
-		 * so this worker is free for others meanwhile */
-		struct pending_open *po = xcalloc(1, sizeof(*po));
+		po = xcalloc(1, sizeof(*po));
 
 		po->fs = fs;
 		po->req = req;
