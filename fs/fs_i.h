@@ -60,6 +60,9 @@ struct fs {
 	struct folder_stamp *stamps;
 	size_t nstamps;
 	struct timespec all_changed;
+	/* when sync last changed any conversation's listing: the
+	 * nanoseconds of every conversation directory's mtime */
+	struct timespec convs_changed;
 	/* .convoyfs/status snapshots open (control.c); guarded by lock */
 	struct status_buf *status_open;
 };
@@ -228,6 +231,11 @@ void on_change(const struct sync_change *c, void *aux);
  * known since the last change. Thread: any.
  */
 struct timespec folder_mtime(struct fs *fs, int64_t folder);
+
+/* conv_mtime_nsec - what every conversation directory's mtime carries in
+ * its nanoseconds, so that the kernel drops a listing it cached when
+ * sync changed some conversation after (notify.c) */
+long conv_mtime_nsec(struct fs *fs);
 /*
  * moved_message - the mount moved message @umid, whose own name is @name
  * (the one lookup_message() checked), to folder @to, which the kernel

@@ -74,6 +74,7 @@ static void forget_listing(struct fs *fs, fuse_ino_t ino)
 }
 
 static void listing_changed(struct fs *fs, int64_t folder);
+static void left_conv(struct fs *fs, const struct store_msg *m);
 
 /*
  * The moves the mount made, after sync changed some folder: a move done
@@ -175,6 +176,7 @@ void flagged_message(struct fs *fs, int64_t umid)
 		if (m.conv)
 			queue_note(fs, INO_CONV_BASE + (uint64_t)m.conv, name,
 				   NULL);
+		left_conv(fs, &m);
 	}
 	store_msg_release(&m);
 }
@@ -214,7 +216,9 @@ void *notifier_main(void *arg)
 			tree_put(n->old_tree);
 		} else if (n->listing && n->parent) {
 			forget_listing(fs, n->parent);
-			check_moves(fs);
+			/* a conversation's: no move shows there */
+			if ((n->parent & INO_KIND_MASK) != INO_CONV_BASE)
+				check_moves(fs);
 		} else if (n->listing) {
 			struct tree *now = tree_get(fs);
 
@@ -271,6 +275,8 @@ static void listing_changed(struct fs *fs, int64_t folder)
 
 	clock_gettime(CLOCK_REALTIME, &now);
 	pthread_mutex_lock(&fs->lock);
+	/* a message that came, went or hid is in some conversation too */
+	fs->convs_changed = now;
 	if (folder <= 0) {
 		fs->all_changed = now;
 	} else {
@@ -280,6 +286,47 @@ static void listing_changed(struct fs *fs, int64_t folder)
 		f->known = false;
 	}
 	pthread_mutex_unlock(&fs->lock);
+}
+
+long conv_mtime_nsec(struct fs *fs)
+{
+	long ns;
+
+	pthread_mutex_lock(&fs->lock);
+	ns = fs->convs_changed.tv_nsec;
+	pthread_mutex_unlock(&fs->lock);
+	return ns;
+}
+
+/*
+ * Conversation @conv changed: the kernel drops its listing; and the name
+ * its directory had, @old_name (NULL: none), in case that changed too (a
+ * message that sorts first came or went, or it was merged away). Its
+ * stamp first, as listing_changed() does for a folder.
+ */
+static void conv_changed(struct fs *fs, int64_t conv, const char *old_name)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	pthread_mutex_lock(&fs->lock);
+	fs->convs_changed = now;
+	pthread_mutex_unlock(&fs->lock);
+	queue_note(fs, INO_CONV_BASE + (uint64_t)conv, NULL, NULL);
+	if (old_name)
+		queue_note(fs, INO_CONVERSATIONS, old_name, NULL);
+}
+
+/* @m, gone or hidden, leaves its conversation; if it was the earliest,
+ * the directory's name was made from its subject and date */
+static void left_conv(struct fs *fs, const struct store_msg *m)
+{
+	char name[NAMES_MAX + 1];
+
+	if (!m->conv)
+		return;
+	names_conversation(name, m->date, m->zone, m->subject, m->conv);
+	conv_changed(fs, m->conv, name);
 }
 
 struct timespec folder_mtime(struct fs *fs, int64_t folder)
@@ -372,5 +419,15 @@ void on_change(const struct sync_change *c, void *aux)
 		if (m->conv)
 			queue_note(fs, INO_CONV_BASE + (uint64_t)m->conv, name,
 				   NULL);
+		left_conv(fs, m);
+	} else if (c->kind == SYNC_CONVERSATION && c->conv) {
+		const struct store_conv *was = c->conv;
+
+		if (was->count) {
+			conv_name(name, was);
+			conv_changed(fs, was->id, name);
+		} else {
+			conv_changed(fs, was->id, NULL);
+		}
 	}
 }

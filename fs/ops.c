@@ -33,6 +33,15 @@
  * warm `ls -l` of 100k messages send 100k LOOKUPs again.
  */
 #define MSG_TIMEOUT 3600.0
+/*
+ * A conversation's directory: its name is kept as long, as sync tells
+ * each name a conversation loses (notify.c); its attributes for
+ * ENTRY_TIMEOUT only, as its mtime is what tells the kernel that its
+ * cached listing is stale when sync did not say which conversation
+ * changed. With a short name timeout, `find` over a large mount looked
+ * every conversation up again.
+ */
+#define CONV_NAME_TIMEOUT 3600.0
 #define PAGE 256
 /* readdir offsets: 1.. for ".", ".." and subdirectories, MSG_OFF + umid
  * for messages, so a huge folder is read in pages by umid */
@@ -108,15 +117,24 @@ static void msg_attr(struct fs *fs, const struct store_msg *m,
 	st->st_ctim.tv_sec = m->date;
 }
 
-/* how long the kernel may keep the entry and attributes of @ino */
+static bool is_conv_ino(fuse_ino_t ino)
+{
+	return (ino & INO_KIND_MASK) == INO_CONV_BASE;
+}
+
+/* how long the kernel may keep the attributes of @ino */
 static double timeout_of(fuse_ino_t ino)
 {
 	return is_message_ino(ino) ? MSG_TIMEOUT : ENTRY_TIMEOUT;
 }
 
-static bool is_conv_ino(fuse_ino_t ino)
+/* how long the kernel may keep a name of @ino (Conversations/ and
+ * .convoyfs/ are there for as long as the mount) */
+static double name_timeout_of(fuse_ino_t ino)
 {
-	return (ino & INO_KIND_MASK) == INO_CONV_BASE;
+	if (is_conv_ino(ino) || ino == INO_CONVERSATIONS || ino == INO_CTL_DIR)
+		return CONV_NAME_TIMEOUT;
+	return timeout_of(ino);
 }
 
 int get_conv(struct fs *fs, int64_t id, struct store_conv *c)
@@ -144,7 +162,8 @@ static int conv_dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 		return rc;
 	dir_attr(fs, ino, st);
 	st->st_mtim.tv_sec = c.last_date;
-	st->st_ctim.tv_sec = c.last_date;
+	st->st_mtim.tv_nsec = conv_mtime_nsec(fs);
+	st->st_ctim = st->st_mtim;
 	st->st_atim.tv_sec = c.last_date;
 	store_conv_release(&c);
 	return 0;
@@ -235,7 +254,7 @@ static void reply_entry(fuse_req_t req, const struct stat *st)
 	e.ino = st->st_ino;
 	e.attr = *st;
 	e.attr_timeout = timeout_of(e.ino);
-	e.entry_timeout = e.attr_timeout;
+	e.entry_timeout = name_timeout_of(e.ino);
 	fuse_reply_entry(req, &e);
 }
 
@@ -384,7 +403,7 @@ static bool dir_add_attr(struct dirbuf *d, const char *name,
 		if (attr) {
 			e.ino = ino;
 			e.attr_timeout = timeout_of(ino);
-			e.entry_timeout = e.attr_timeout;
+			e.entry_timeout = name_timeout_of(ino);
 		}
 		len = fuse_add_direntry_plus(d->req, d->buf + d->used,
 					     d->size - d->used, name, &e, next);
@@ -463,6 +482,7 @@ static int add_messages(struct fs *fs, struct dirbuf *d, int64_t folder,
 static int add_convs(struct fs *fs, struct dirbuf *d, int64_t after)
 {
 	struct store_conv page[PAGE];
+	long nsec = conv_mtime_nsec(fs);
 	struct store *st;
 	int rc = borrow(fs, &st);
 
@@ -487,7 +507,8 @@ static int add_convs(struct fs *fs, struct dirbuf *d, int64_t after)
 				/* as conv_dir_attr() has it */
 				dir_attr(fs, ino, &sb);
 				sb.st_mtim.tv_sec = page[i].last_date;
-				sb.st_ctim.tv_sec = page[i].last_date;
+				sb.st_mtim.tv_nsec = nsec;
+				sb.st_ctim = sb.st_mtim;
 				sb.st_atim.tv_sec = page[i].last_date;
 				conv_name(name, &page[i]);
 				full = !dir_add_attr(d, name, &sb, ino, S_IFDIR,
@@ -662,16 +683,16 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
 }
 
 /*
- * A folder's listing may stay in the kernel's cache between opens: it
- * changes only by sync, which drops it (notify.c), or by the mount's
- * own writes, after which the kernel drops it itself. Conversations
- * change by threading, which says not which: listed anew each time.
+ * A folder's or a conversation's listing may stay in the kernel's cache
+ * between opens: it changes only by sync, which drops it (notify.c), or
+ * by the mount's own writes, after which the kernel drops it itself or
+ * is told. Conversations/ itself is listed anew each time.
  */
 static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	count_req(req, REQ_OPENDIR);
-	if ((ino & INO_KIND_MASK) == INO_FOLDER_BASE) {
+	if ((ino & INO_KIND_MASK) == INO_FOLDER_BASE || is_conv_ino(ino)) {
 		fi->cache_readdir = 1;
 		fi->keep_cache = 1;
 	}

@@ -39,6 +39,39 @@ static int step_done(struct store *s, enum store_stmt id, sqlite3_stmt *st)
 	return rc;
 }
 
+/* ---- what changed, for fs/ ---- */
+
+int store_conv_note_change(struct store *s, int64_t id)
+{
+	struct store_conv c;
+	int rc = store_conv_get(s, id, &c);
+
+	if (rc == -ENOENT) {
+		memset(&c, 0, sizeof(c));
+		c.id = id;
+		rc = 0;
+	}
+	if (rc)
+		return rc;
+	/* the array doubles: a batch of new mail notes one per message */
+	if (!(s->nconv_changes & (s->nconv_changes - 1)))
+		s->conv_changes = xrealloc(s->conv_changes,
+					   (s->nconv_changes ? 2 * s->nconv_changes
+							     : 1) *
+						   sizeof(*s->conv_changes));
+	s->conv_changes[s->nconv_changes++] = c;
+	return 0;
+}
+
+void store_conv_changes_take(struct store *s, struct store_conv **v,
+			     size_t *n)
+{
+	*v = s->conv_changes;
+	*n = s->nconv_changes;
+	s->conv_changes = NULL;
+	s->nconv_changes = 0;
+}
+
 /* ---- reading ---- */
 
 int store_conv_get(struct store *s, int64_t id, struct store_conv *out)
@@ -337,7 +370,9 @@ int store_conv_attach(struct store *s, int64_t conv, int64_t umid)
 	sqlite3_stmt *st;
 	int rc;
 
-	rc = store_prepare(s, ST_CONV_SET_MSG, &st);
+	rc = store_conv_note_change(s, conv);
+	if (!rc)
+		rc = store_prepare(s, ST_CONV_SET_MSG, &st);
 	if (rc)
 		return rc;
 	sqlite3_bind_int64(st, 1, umid);
@@ -372,8 +407,13 @@ static int merge_steps(struct store *s, int64_t from, int64_t into)
 {
 	int rc, changed;
 
-	/* the statistics first, while both rows exist */
-	rc = exec_pair(s, ST_CONV_MERGE_STATS, into, from, &changed);
+	/* both as they were, for fs/; then the statistics, while both
+	 * rows exist */
+	rc = store_conv_note_change(s, from);
+	if (!rc)
+		rc = store_conv_note_change(s, into);
+	if (!rc)
+		rc = exec_pair(s, ST_CONV_MERGE_STATS, into, from, &changed);
 	if (rc)
 		return rc;
 	if (changed != 1)

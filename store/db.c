@@ -1048,6 +1048,9 @@ void store_close(struct store *s)
 	store_touch_flush(s, true);
 	store_rollback(s);
 	store_hid_forget(s, true);
+	for (size_t k = 0; k < s->nconv_changes; k++)
+		store_conv_release(&s->conv_changes[k]);
+	free(s->conv_changes);
 	for (i = 0; i < ST__COUNT; i++)
 		sqlite3_finalize(s->stmt[i]);
 	if (sqlite3_close(s->db) != SQLITE_OK)

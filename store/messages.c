@@ -176,7 +176,9 @@ static int msg_count_in(struct store *s, const struct store_msg *m,
 	rc = store_exec_id(s, ST_FLAGSET_REF, flagset);
 	if (rc || !m->conv)
 		return rc;
-	rc = store_prepare(s, ST_CONV_ENTER, &st);
+	rc = store_conv_note_change(s, m->conv);
+	if (!rc)
+		rc = store_prepare(s, ST_CONV_ENTER, &st);
 	if (rc)
 		return rc;
 	sqlite3_bind_int64(st, 1, m->conv);

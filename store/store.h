@@ -654,6 +654,20 @@ int store_conv_new(struct store *s, int64_t *conv);
 int store_conv_attach(struct store *s, int64_t conv, int64_t umid);
 
 /*
+ * store_conv_changes_take - the conversations this connection's writes
+ * changed since the last call (a message entered one, or one was merged
+ * into another), each as it was before the first such write: its old
+ * subject and first date make the name its directory had (count 0: it
+ * had none). Told to fs/ after the commit, which drops that name and the
+ * listing from the kernel's caches. One changed by a write later rolled
+ * back is listed too: telling it costs a lookup, never a wrong answer.
+ * Sets *@v (release each entry with store_conv_release, then free the
+ * array) and *@n; nothing to tell is *@n 0 and *@v NULL.
+ */
+void store_conv_changes_take(struct store *s, struct store_conv **v,
+			     size_t *n);
+
+/*
  * store_conv_merge - move every message and header id of conversation
  * @from into @into, add up their counts and dates, and delete @from; all
  * or nothing (a savepoint inside the caller's transaction). -ENOENT if

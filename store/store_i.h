@@ -166,6 +166,10 @@ struct store {
 	 */
 	struct store_hid *hid;
 	size_t nhid;
+	/* conversations changed by writes, not yet taken: each as it was
+	 * before (store_conv_changes_take) */
+	struct store_conv *conv_changes;
+	size_t nconv_changes;
 };
 
 /* busy_timeout of every connection, in ms */
@@ -300,5 +304,12 @@ bool store_test_fail(void);
 void store_msg_from_row(sqlite3_stmt *st, struct store_msg *m);
 /* store_now_ms - wall clock as Unix time in milliseconds */
 int64_t store_now_ms(void);
+
+/*
+ * store_conv_note_change - conversation @id is about to change: keep it
+ * as it is now (or as none, if it does not exist) for
+ * store_conv_changes_take (conversations.c).
+ */
+int store_conv_note_change(struct store *s, int64_t id);
 
 #endif

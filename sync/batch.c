@@ -128,6 +128,9 @@ static void tell_later(struct batch *b, struct told *t, int64_t umid)
 
 static void tell_now(struct batch *b, struct told *t, bool committed)
 {
+	/* told even when rolled back, so that the list does not grow: a
+	 * conversation told that did not change costs a lookup */
+	sync_notify_convs(b->s, b->s->st);
 	for (size_t i = 0; i < t->n; i++) {
 		if (committed)
 			sync_notify_gone(b->s, &t->v[i]);

@@ -274,6 +274,9 @@ struct sync {
 void sync_notify(struct sync *s, enum sync_change_kind kind, int64_t folder);
 /* report that message @m (as it was) is gone or hidden, after commit */
 void sync_notify_gone(struct sync *s, const struct store_msg *m);
+/* report the conversations @st's writes changed (store_conv_changes_take),
+ * after commit; on the thread that owns @st */
+void sync_notify_convs(struct sync *s, struct store *st);
 /* remember @msg as the last error for the status file (and log it) */
 void sync_set_error(struct sync *s, const char *msg);
 /* true once sync_stop began */

@@ -118,6 +118,23 @@ void sync_notify_gone(struct sync *s, const struct store_msg *m)
 		s->changed(&c, s->changed_aux);
 }
 
+void sync_notify_convs(struct sync *s, struct store *st)
+{
+	struct store_conv *v;
+	size_t n;
+
+	store_conv_changes_take(st, &v, &n);
+	for (size_t i = 0; i < n; i++) {
+		struct sync_change c = { .kind = SYNC_CONVERSATION,
+					 .conv = &v[i] };
+
+		if (s->changed)
+			s->changed(&c, s->changed_aux);
+		store_conv_release(&v[i]);
+	}
+	free(v);
+}
+
 void sync_set_error(struct sync *s, const char *msg)
 {
 	pthread_mutex_lock(&s->lock);
@@ -898,7 +915,11 @@ static void thread_leftovers(struct sync *s)
 	size_t done;
 
 	do {
-		if (thread_backlog(s->st, SYNC_BATCH, &done))
+		int rc = thread_backlog(s->st, SYNC_BATCH, &done);
+
+		/* rolled back or not, what it noted goes (see store.h) */
+		sync_notify_convs(s, s->st);
+		if (rc)
 			break;
 		if (done)
 			sync_notify(s, SYNC_MESSAGES, 0);

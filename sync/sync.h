@@ -62,14 +62,21 @@ enum sync_change_kind {
 	SYNC_MESSAGE_GONE, /* @msg was expunged or flagged \Deleted */
 	SYNC_MESSAGE_SIZE, /* @msg's body was fetched and its length is
 			      not what RFC822.SIZE said */
+	SYNC_CONVERSATION, /* messages entered @conv, or it was merged into
+			      another: its listing changed, and maybe its
+			      name (or it is gone) */
 };
 struct store_msg;
+struct store_conv;
 struct sync_change {
 	enum sync_change_kind kind;
 	int64_t folder; /* SYNC_MESSAGES, SYNC_MESSAGE_GONE */
 	const struct store_msg *msg; /* SYNC_MESSAGE_GONE: as it was;
 					SYNC_MESSAGE_SIZE: the message;
 					borrowed */
+	const struct store_conv *conv; /* SYNC_CONVERSATION: as it was
+					  before (count 0: it had no
+					  name); borrowed */
 };
 typedef void sync_changed_fn(const struct sync_change *c, void *aux);
 

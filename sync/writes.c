@@ -666,6 +666,7 @@ int sync_append(struct sync *s, struct store *st, int64_t folder, int in,
 		store_rollback(st);
 	else
 		rc = store_commit(st);
+	sync_notify_convs(s, st);
 	close(fd);
 	if (rc)
 		unlink(path);

@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import re
 import subprocess
+import time
 
 import harness
 import servers
@@ -167,13 +168,65 @@ def test_conversation_merge_shows(mount):
             p = os.path.join(inbox, f)
             assert os.getxattr(p, XATTR + "conversation").decode() == d
             assert os.stat(p).st_nlink == 2
-        # the conversation that went is gone with its names: a directory
-        # of Conversations/ is kept a second (which merged, sync says not)
+        # the conversation that went is gone with its names: sync says
+        # which merged, and its directory's name is told to go
         for f, p in old.items():
             assert os.path.exists(os.path.join(conv, d, f))
             if not p.startswith(os.path.join(conv, d) + "/"):
                 harness.wait_until(lambda: not os.path.exists(p), 5,
                                    what="%s to go" % p)
+    finally:
+        if m is not None:
+            m.stop()
+        s.cleanup()
+
+
+def test_conversation_names_and_listings_stay_cached_and_follow_changes(mount):
+    """A conversation's directory keeps its name in the kernel and its
+    listing between opens: listing it again, or after a second, sends
+    no LOOKUP and no READDIR. What changes still shows at the next
+    sync: a reply joins the listing, and a message older than the
+    conversation's first renames its directory, the old name going at
+    once (sync says which conversation lost it), not at a timeout."""
+    s = servers.make("dovecot")
+    s.start()
+    m = None
+    try:
+        t = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.timezone.utc)
+        s.append_many("INBOX", [(msg("<a@kn.test>", "topic"), t, ()),
+                                (msg("<b@kn.test>", "re topic", ["<a@kn.test>"]),
+                                 t + dt.timedelta(hours=1), ())])
+        m = mount(s, options={"poll_interval": "60"}, idle_timeout=60)
+        conv = os.path.join(m.path, CONV)
+        (name,) = os.listdir(conv)
+        d = os.path.join(conv, name)
+        assert len(os.listdir(d)) == 2
+        again = requests_of(m, lambda: [os.listdir(d) for _ in range(3)])
+        assert again["readdir"] + again["readdirplus"] == 0, again
+        time.sleep(1.5)  # past the attribute timeout: a GETATTR, no LOOKUP
+        later = requests_of(m, lambda: os.listdir(d))
+        assert later["lookup"] == 0 and later["readdir"] + later["readdirplus"] == 0, \
+            sorted(later.items())
+
+        s.append("INBOX", msg("<c@kn.test>", "re re topic", ["<b@kn.test>"]),
+                 date=t + dt.timedelta(hours=2))
+        servers.sync_now(m)
+        m.wait_idle(30)
+        harness.wait_until(lambda: len(os.listdir(d)) == 3, 5,
+                           what="the reply in the conversation's listing")
+
+        # older than "topic": the directory is named after it from now on
+        s.append("INBOX", msg("<z@kn.test>", "origin", ["<a@kn.test>"]),
+                 date=t - dt.timedelta(days=1))
+        servers.sync_now(m)
+        m.wait_idle(30)
+        harness.wait_until(lambda: "origin" in " ".join(os.listdir(conv)), 5,
+                           what="the conversation named after its new first message")
+        (renamed,) = os.listdir(conv)
+        assert renamed != name and renamed.endswith(name.rsplit(" ", 1)[-1]), (name, renamed)
+        harness.wait_until(lambda: not os.path.exists(d), 5,
+                           what="the directory's old name to go")
+        assert len(os.listdir(os.path.join(conv, renamed))) == 4
     finally:
         if m is not None:
             m.stop()
