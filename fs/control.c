@@ -103,7 +103,7 @@ static char *status_text(struct fs *fs)
 
 			if (f[i].noselect)
 				continue;
-			store_folder_count(st, f[i].id, &count);
+			folder_count(fs, st, f[i].id, &count);
 			sync_folder_status(fs->sync, f[i].id, &fst);
 			if (fst.has_total)
 				snprintf(total, sizeof(total), "%u", fst.total);
@@ -360,7 +360,7 @@ static void progress_count(struct fs *fs, struct progress_counts *pc)
 
 			if (f[i].noselect)
 				continue;
-			store_folder_count(st, f[i].id, &count);
+			folder_count(fs, st, f[i].id, &count);
 			pc->folders++;
 			pc->known += count;
 			if (sync_folder_status(fs->sync, f[i].id, &fst) ||

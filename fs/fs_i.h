@@ -63,6 +63,9 @@ struct fs {
 	/* when sync last changed any conversation's listing: the
 	 * nanoseconds of every conversation directory's mtime */
 	struct timespec convs_changed;
+	atomic_bool convs_note_queued; /* Conversations/'s listing to drop */
+	/* the kernel opens directories without asking (op_init) */
+	bool no_opendir;
 	/* .convoyfs/status snapshots open (control.c); guarded by lock */
 	struct status_buf *status_open;
 };
@@ -72,6 +75,9 @@ struct folder_stamp {
 	struct timespec changed; /* when sync last changed the listing */
 	int64_t newest; /* the newest message's date, once known */
 	bool known; /* newest is for the listing as it is now */
+	uint64_t count; /* its messages the server has, once counted */
+	struct timespec counted; /* the last change count is as of */
+	bool count_known;
 };
 
 static inline struct fs *fs_of(fuse_req_t req)
@@ -197,6 +203,10 @@ void staged_release(fuse_req_t req, fuse_ino_t ino);
 #define RECOVERED_NAME "recovered"
 bool is_recovered_ino(fuse_ino_t ino);
 int recovered_getattr(struct fs *fs, fuse_ino_t ino, struct stat *st);
+/* recovered_mtime - the recovered directory's mtime into *@t, left as it
+ * is while there is no such directory: the kernel keeps its listing
+ * until it changes */
+void recovered_mtime(struct fs *fs, struct timespec *t);
 int recovered_lookup(struct fs *fs, const char *name, struct stat *st);
 /* an fd to read the file, or -errno */
 int recovered_open(struct fs *fs, fuse_ino_t ino);
@@ -231,6 +241,15 @@ void on_change(const struct sync_change *c, void *aux);
  * known since the last change. Thread: any.
  */
 struct timespec folder_mtime(struct fs *fs, int64_t folder);
+
+/*
+ * folder_count - the messages of @folder the server has (UIDs known)
+ * into *@count, as store_folder_count() says; counted with @st once
+ * after each change sync tells, as .convoyfs/status is read often
+ * (counting a million messages takes 40 ms). Thread: any.
+ */
+int folder_count(struct fs *fs, struct store *st, int64_t folder,
+		 uint64_t *count);
 
 /* conv_mtime_nsec - what every conversation directory's mtime carries in
  * its nanoseconds, so that the kernel drops a listing it cached when

@@ -214,6 +214,10 @@ void *notifier_main(void *arg)
 			forget_listings(fs, now);
 			tree_put(now);
 			tree_put(n->old_tree);
+		} else if (n->listing && n->parent == INO_CONVERSATIONS) {
+			/* cleared first: a change from now on queues again */
+			atomic_store(&fs->convs_note_queued, false);
+			forget_listing(fs, n->parent);
 		} else if (n->listing && n->parent) {
 			forget_listing(fs, n->parent);
 			/* a conversation's: no move shows there */
@@ -288,6 +292,43 @@ static void listing_changed(struct fs *fs, int64_t folder)
 	pthread_mutex_unlock(&fs->lock);
 }
 
+int folder_count(struct fs *fs, struct store *st, int64_t folder,
+		 uint64_t *count)
+{
+	struct timespec changed;
+	struct folder_stamp *f;
+	bool known = false;
+	int rc;
+
+	pthread_mutex_lock(&fs->lock);
+	changed = fs->all_changed;
+	if (folder > 0 && (size_t)folder < fs->nstamps) {
+		f = &fs->stamps[folder];
+		if (ts_before(&changed, &f->changed))
+			changed = f->changed;
+		known = f->count_known && !ts_before(&f->counted, &changed);
+		if (known)
+			*count = f->count;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	if (known || folder <= 0)
+		return known ? 0 : store_folder_count(st, folder, count);
+	rc = store_folder_count(st, folder, count);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&fs->lock);
+	f = stamp_of(fs, folder);
+	/* kept only if no change came while it was counted */
+	if (!ts_before(&changed, &f->changed) &&
+	    !ts_before(&changed, &fs->all_changed)) {
+		f->count = *count;
+		f->counted = changed;
+		f->count_known = true;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return 0;
+}
+
 long conv_mtime_nsec(struct fs *fs)
 {
 	long ns;
@@ -315,6 +356,10 @@ static void conv_changed(struct fs *fs, int64_t conv, const char *old_name)
 	queue_note(fs, INO_CONV_BASE + (uint64_t)conv, NULL, NULL);
 	if (old_name)
 		queue_note(fs, INO_CONVERSATIONS, old_name, NULL);
+	/* Conversations/'s listing: one note at a time (a batch of new
+	 * mail changes a conversation per message) */
+	if (!atomic_exchange(&fs->convs_note_queued, true))
+		queue_note(fs, INO_CONVERSATIONS, NULL, NULL);
 }
 
 /* @m, gone or hidden, leaves its conversation; if it was the earliest,

@@ -86,11 +86,23 @@ static void dir_attr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 	st->st_mtim.tv_sec = fs->mounted_at;
 	st->st_ctim.tv_sec = fs->mounted_at;
 	st->st_atim.tv_sec = fs->mounted_at;
-	/* a folder's: when sync last changed its listing */
-	if ((ino & INO_KIND_MASK) == INO_FOLDER_BASE) {
+	/*
+	 * The kernel keeps every directory's listing (op_opendir) until
+	 * told, or until it sees the mtime differ from the one it cached
+	 * the listing under: so each mtime changes with its listing. A
+	 * folder's: when sync last changed its listing; the root's and
+	 * a folder parent's: when the folder tree last changed;
+	 * Conversations/: when a conversation last did.
+	 */
+	if ((ino & INO_KIND_MASK) == INO_FOLDER_BASE)
 		st->st_mtim = folder_mtime(fs, (int64_t)(ino & ~INO_KIND_MASK));
-		st->st_ctim = st->st_mtim;
-	}
+	else if (ino == INO_ROOT || (ino & INO_KIND_MASK) == INO_VIRT_BASE)
+		st->st_mtim = folder_mtime(fs, 0);
+	else if (ino == INO_CONVERSATIONS)
+		st->st_mtim.tv_nsec = conv_mtime_nsec(fs);
+	else if (ino == INO_RECOVERED)
+		recovered_mtime(fs, &st->st_mtim);
+	st->st_ctim = st->st_mtim;
 }
 
 static void msg_attr(struct fs *fs, const struct store_msg *m,
@@ -683,15 +695,24 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size,
 }
 
 /*
- * A folder's or a conversation's listing may stay in the kernel's cache
- * between opens: it changes only by sync, which drops it (notify.c), or
- * by the mount's own writes, after which the kernel drops it itself or
- * is told. Conversations/ itself is listed anew each time.
+ * Every directory's listing may stay in the kernel's cache between
+ * opens: it changes only by sync, which drops it (notify.c) and changes
+ * its mtime (dir_attr), or by the mount's own writes, after which the
+ * kernel drops it itself or is told. So no directory needs an OPENDIR:
+ * where the kernel can do without, it is told ENOSYS once and opens
+ * every directory itself from then on, keeping its listing, as the
+ * flags below ask (a `find` over a large mount sent an OPENDIR and a
+ * RELEASEDIR per conversation). Elsewhere Conversations/ is listed
+ * anew each time, the .convoyfs/ directories too.
  */
 static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	count_req(req, REQ_OPENDIR);
+	if (fs_of(req)->no_opendir) {
+		fuse_reply_err(req, ENOSYS);
+		return;
+	}
 	if ((ino & INO_KIND_MASK) == INO_FOLDER_BASE || is_conv_ino(ino)) {
 		fi->cache_readdir = 1;
 		fi->keep_cache = 1;
@@ -953,6 +974,9 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
  */
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
+	struct fs *fs = userdata;
+
+	fs->no_opendir = conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT;
 	if (conn->capable & FUSE_CAP_READDIRPLUS) {
 		conn->want |= FUSE_CAP_READDIRPLUS;
 		conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;

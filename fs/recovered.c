@@ -93,6 +93,16 @@ int recovered_getattr(struct fs *fs, fuse_ino_t ino, struct stat *st)
 	return stat_umid(fs, (int64_t)(ino & ~INO_KIND_MASK), st);
 }
 
+void recovered_mtime(struct fs *fs, struct timespec *t)
+{
+	char *d = dir_path(fs);
+	struct stat sb;
+
+	if (d && !stat(d, &sb))
+		*t = sb.st_mtim;
+	free(d);
+}
+
 int recovered_lookup(struct fs *fs, const char *name, struct stat *st)
 {
 	int64_t umid = umid_of(name);
