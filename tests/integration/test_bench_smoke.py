@@ -43,6 +43,11 @@ def test_reads_bench_runs_every_tool_on_every_subject():
     for tool, rnd, cells in rows:
         # Maildir, floor, floor without OPEN/FLUSH, convoyfs: four times
         assert len(re.findall(r"\d+\.\d\d s", cells)) == 4, (tool, rnd, cells)
+    # find over the whole mount against a local tree of its shape
+    finds = re.findall(r"(?m)^\| (first|again)[^|]*\|(.*)$", out)
+    assert [f[0] for f in finds] == ["first", "again"], out
+    for _pass, cells in finds:
+        assert len(re.findall(r"\d+\.\d\d s", cells)) == 2, cells
 
 
 def test_resync_bench_times_remounts_and_a_mounted_resync():
