@@ -652,6 +652,14 @@ static bool clean_stop_path(const struct store *s, char path[PATH_MAX])
 	return n > 0 && n < PATH_MAX;
 }
 
+bool store_clean_stop_marked(const char *dir)
+{
+	char path[PATH_MAX];
+	int n = snprintf(path, PATH_MAX, "%s/" CLEAN_STOP_NAME, dir);
+
+	return n > 0 && n < PATH_MAX && !access(path, F_OK);
+}
+
 bool store_clean_stop_take(struct store *s)
 {
 	char path[PATH_MAX];

@@ -992,6 +992,18 @@ static int open_store(const char *dir, bool may_check, struct store **out)
 
 	pthread_mutex_lock(&open_lock);
 	od = open_dir_find(real);
+	/*
+	 * quick_check reads every page (seconds at a million messages): it
+	 * looks for what a crash or a fault left, so it is spared after a
+	 * run that stopped in order, whose mark the next start removes
+	 * before it writes anything. A damaged page found later is still
+	 * an error, and the next start after it checks.
+	 */
+	if (!od && may_check && store_clean_stop_marked(real)) {
+		log_debug("%s: the last run stopped in order, no quick_check",
+			  dbpath);
+		may_check = false;
+	}
 	rc = db_open(s, dbpath, !od && may_check, &corrupt);
 	if (rc && corrupt) {
 		if (od) {

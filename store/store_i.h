@@ -312,4 +312,11 @@ int64_t store_now_ms(void);
  */
 int store_conv_note_change(struct store *s, int64_t id);
 
+/*
+ * store_clean_stop_marked - whether the last run on the store in @dir
+ * stopped in order and no run started since (bodies.c): its database was
+ * whole when it was closed, and nothing wrote to it after.
+ */
+bool store_clean_stop_marked(const char *dir);
+
 #endif

@@ -50,19 +50,29 @@ def test_cache_stays_within_budget(fresh_dovecot, mount):
     assert bodies_fetched(m) == n + 1
 
 
-def test_a_mount_checks_its_store_once(fresh_dovecot, mount):
-    """PRAGMA quick_check reads the whole database (about a second at a
-    million messages): a mount runs it once, when it first opens the
-    store before mounting, not again in the daemon; a remount on the same
-    cache runs it once more."""
+def test_a_mount_checks_its_store_once_and_not_after_an_orderly_stop(fresh_dovecot, mount):
+    """PRAGMA quick_check reads the whole database (seconds at a million
+    messages): a mount runs it once, when it first opens the store before
+    mounting, not again in the daemon. It looks for what a crash left, so
+    a remount after an orderly stop spares it, and one after kill -9 runs
+    it again."""
     d = fresh_dovecot
     d.append_many("INBOX", [(big_message(i), None, ()) for i in range(3)])
     m = mount(d, debug="store")
     assert m.stderr().count("quick_check of ") == 1, m.stderr()[-3000:]
     assert m.stop() == 0
+    db = "%s/cache.db" % os.path.realpath(m.cache_dir)
     m2 = mount(d, name="again", cache_dir=m.cache_dir, debug="store")
-    assert m2.stderr().count("quick_check of ") == 1, m2.stderr()[-3000:]
-    assert "quick_check of %s/cache.db: ok" % os.path.realpath(m.cache_dir) in m2.stderr()
+    assert "quick_check of " not in m2.stderr(), m2.stderr()[-3000:]
+    assert "%s: the last run stopped in order, no quick_check" % db in m2.stderr()
+    assert len(os.listdir(os.path.join(m2.path, "INBOX"))) == 3
+    m2.proc.kill()
+    m2.proc.wait(10)
+    m2.stop()
+    m3 = mount(d, name="third", cache_dir=m.cache_dir, debug="store")
+    assert m3.stderr().count("quick_check of ") == 1, m3.stderr()[-3000:]
+    assert "quick_check of %s: ok" % db in m3.stderr()
+    assert len(os.listdir(os.path.join(m3.path, "INBOX"))) == 3
 
 
 def test_a_start_after_an_orderly_stop_spares_the_body_sweep(fresh_dovecot, mount):
