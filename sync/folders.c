@@ -39,6 +39,24 @@ static bool in_store(const struct store_folder *old, size_t nold,
 	return false;
 }
 
+static bool same_text(const char *a, const char *b)
+{
+	return a == b || (a && b && !strcmp(a, b));
+}
+
+/* whether @f is in @old as it is, for all the tree shows of it */
+static bool same_folder(const struct store_folder *old, size_t nold,
+			const struct store_folder *f)
+{
+	for (size_t i = 0; i < nold; i++)
+		if (!strcmp(old[i].name, f->name))
+			return same_text(old[i].display, f->display) &&
+			       old[i].delim == f->delim &&
+			       old[i].noselect == f->noselect &&
+			       same_text(old[i].role, f->role);
+	return false;
+}
+
 /* the store's form of a LISTed mailbox; free *@display after */
 static void to_folder(const struct imap_mailbox *mb, struct store_folder *f,
 		      char **display)
@@ -105,7 +123,7 @@ int sync_folders(struct sync *s, bool poll)
 	size_t nold = 0, nmb = 0;
 	bool *gone = NULL; /* per old folder: confirmed gone */
 	int64_t *renamed_to = NULL; /* per listed mailbox: old id, or 0 */
-	bool any_gone = false;
+	bool any_gone = false, changed = false;
 	int rc, g;
 
 	g = list_folders(s, poll, &mbs, &nmb);
@@ -191,6 +209,7 @@ int sync_folders(struct sync *s, bool poll)
 		int64_t id;
 
 		to_folder(&mbs[k], &f, &display);
+		changed |= renamed_to[k] || !same_folder(old, nold, &f);
 		if (renamed_to[k])
 			rc = store_folder_rename(s->st, renamed_to[k], &f);
 		else
@@ -200,6 +219,7 @@ int sync_folders(struct sync *s, bool poll)
 	for (size_t i = 0; !rc && i < nold; i++) {
 		if (!gone[i])
 			continue;
+		changed = true;
 		log_info("folder %s is gone from the server", old[i].name);
 		rc = store_folder_delete(s->st, old[i].id);
 		sync_note_forget(s, old[i].id);
@@ -210,7 +230,10 @@ int sync_folders(struct sync *s, bool poll)
 		store_rollback(s->st);
 		goto out;
 	}
-	sync_notify(s, SYNC_FOLDERS, 0);
+	/* only a change: fs/ drops every folder's cached listing then, and
+	 * a poll lists folders every interval */
+	if (changed)
+		sync_notify(s, SYNC_FOLDERS, 0);
 	/* kept for this round's polls (their STATUS, with LIST-STATUS) */
 	imap_mailboxes_free(s->listed, s->nlisted);
 	s->listed = mbs;

@@ -1059,18 +1059,20 @@ int imap_list_status(struct conn *c, struct imap_mailbox **out, size_t *n)
 	struct mailimap_response_tagged *tagged;
 	struct imap_mailbox *v = NULL;
 	size_t k = 0, cap = 0, indx = 0;
-	char tag[16];
+	char tag[16], cmd[128];
 	int r;
 
 	*out = NULL;
 	*n = 0;
-	r = raw_send(c,
-		     c->caps & CAP_CONDSTORE ?
-			     "LIST \"\" \"*\" RETURN (STATUS (MESSAGES UIDNEXT "
-			     "UIDVALIDITY HIGHESTMODSEQ))" :
-			     "LIST \"\" \"*\" RETURN (STATUS (MESSAGES UIDNEXT "
-			     "UIDVALIDITY))",
-		     NULL, NULL);
+	/* with RETURN, special-use attributes come only when asked for
+	 * (RFC 6154 §5.1): without them a poll would take every folder's
+	 * role away, and the full round's plain LIST give it back */
+	snprintf(cmd, sizeof(cmd),
+		 "LIST \"\" \"*\" RETURN (%sSTATUS (MESSAGES UIDNEXT "
+		 "UIDVALIDITY%s))",
+		 c->caps & CAP_SPECIAL_USE ? "SPECIAL-USE " : "",
+		 c->caps & CAP_CONDSTORE ? " HIGHESTMODSEQ" : "");
+	r = raw_send(c, cmd, NULL, NULL);
 	if (!r) {
 		pc = imap_must(mailimap_parser_context_new(c->imap));
 		r = mailimap_response_parse(c->imap->imap_stream,

@@ -235,6 +235,38 @@ def test_conversation_names_and_listings_stay_cached_and_follow_changes(mount):
         s.cleanup()
 
 
+def test_a_poll_that_finds_nothing_keeps_the_listings(mount):
+    """A poll lists the folders every interval: when the list is as it
+    was, no folder's or conversation's listing is dropped from the
+    kernel's cache, so a listing after a few polls sends no READDIR."""
+    s, m = start(mount, n=20, poll="1")
+    try:
+        inbox = os.path.join(m.path, "INBOX")
+        convs = [os.path.join(m.path, CONV, d) for d in os.listdir(os.path.join(m.path, CONV))]
+
+        def listings():
+            ls_l(inbox)
+            ls_l(m.path)
+            for d in convs:
+                os.listdir(d)
+        listings()
+        mark = s.rawlog_mark()
+        time.sleep(3.5)
+        polls = len(re.findall(r"(?im)^\S+ LIST ", s.rawlog_text(mark)))
+        assert polls >= 2, s.rawlog_text(mark)
+        got = requests_of(m, listings)
+        assert got["readdir"] + got["readdirplus"] == 0, sorted(got.items())
+        # and a change still shows at the next sync
+        s.append("INBOX", msg("<poll.1@kc.test>", "after the polls"))
+        servers.sync_now(m)
+        m.wait_idle(30)
+        harness.wait_until(lambda: any("after the polls" in f for f in os.listdir(inbox)), 5,
+                           what="new mail in the cached listing")
+    finally:
+        m.stop()
+        s.cleanup()
+
+
 def test_own_writes_show_at_once(mount):
     s, m = start(mount, n=10)
     try:
