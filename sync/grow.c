@@ -55,6 +55,15 @@
  * folder takes few steps, each costing a sample and a search), from a
  * batch up to this many batches */
 #define GROW_STEP_MAX 8
+/*
+ * and, in a folder so big that steps of GROW_STEP_MAX batches would be
+ * many, at least this share of it: each step's UID SEARCH SINCE reads
+ * the whole folder on the server (7 s for Dovecot at a million
+ * messages, 125 steps of 8000), so the searches cost as the square of
+ * the folder's size. A step this big keeps pushed work waiting about as
+ * long as its search does.
+ */
+#define GROW_STEP_SHARE 16
 /* a SINCE before this is no bound at all (dates of 1970 are broken
  * ones, and the search without SINCE also finds those before 1970) */
 #define GROW_EPOCH (366 * DAY)
@@ -618,6 +627,7 @@ int grow_folder(struct sync *s, struct store_folder *f, struct job *j,
 	struct imap_box box;
 	uint64_t known;
 	uint32_t unknown;
+	size_t cap;
 	int rc;
 
 	if (f->low_uid == 1 || !f->uidnext)
@@ -640,10 +650,11 @@ int grow_folder(struct sync *s, struct store_folder *f, struct job *j,
 	if (rc)
 		return rc;
 	unknown = box.exists > known ? box.exists - (uint32_t)known : 0;
+	cap = (size_t)GROW_STEP_MAX * s->batch;
+	if (box.exists / GROW_STEP_SHARE > cap)
+		cap = box.exists / GROW_STEP_SHARE;
 	st.want = known < s->batch ? s->batch
-		: known > (uint64_t)GROW_STEP_MAX * s->batch ?
-					(size_t)GROW_STEP_MAX * s->batch :
-					(size_t)known;
+		: known > (uint64_t)cap ? cap : (size_t)known;
 	st.top = f->low_uid ? f->low_uid : f->uidnext;
 	/* every message dated before complete_since, in any time zone */
 	if (f->complete_since)
