@@ -65,7 +65,7 @@ struct fs {
 	struct timespec convs_changed;
 	atomic_bool convs_note_queued; /* Conversations/'s listing to drop */
 	/* the kernel opens directories without asking (op_init) */
-	bool no_opendir;
+	atomic_bool no_opendir;
 	/* .convoyfs/status snapshots open (control.c); guarded by lock */
 	struct status_buf *status_open;
 };

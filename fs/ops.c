@@ -709,7 +709,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	count_req(req, REQ_OPENDIR);
-	if (fs_of(req)->no_opendir) {
+	if (atomic_load(&fs_of(req)->no_opendir)) {
 		fuse_reply_err(req, ENOSYS);
 		return;
 	}
@@ -976,7 +976,8 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	struct fs *fs = userdata;
 
-	fs->no_opendir = conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT;
+	atomic_store(&fs->no_opendir,
+		     (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0);
 	if (conn->capable & FUSE_CAP_READDIRPLUS) {
 		conn->want |= FUSE_CAP_READDIRPLUS;
 		conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
