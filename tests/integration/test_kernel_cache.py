@@ -193,22 +193,33 @@ def test_conversation_names_and_listings_stay_cached_and_follow_changes(mount):
     m = None
     try:
         t = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.timezone.utc)
+        # and 12 conversations of one message each, to count LOOKUPs on
+        alone = [(msg("<alone.%d@kn.test>" % i, "alone %d" % i), t - dt.timedelta(days=30), ())
+                 for i in range(12)]
         s.append_many("INBOX", [(msg("<a@kn.test>", "topic"), t, ()),
                                 (msg("<b@kn.test>", "re topic", ["<a@kn.test>"]),
-                                 t + dt.timedelta(hours=1), ())])
+                                 t + dt.timedelta(hours=1), ())] + alone)
         m = mount(s, options={"poll_interval": "60"}, idle_timeout=60)
         conv = os.path.join(m.path, CONV)
-        (name,) = os.listdir(conv)
+        dirs = [os.path.join(conv, x) for x in os.listdir(conv)]
+        (name,) = [x for x in os.listdir(conv) if "alone" not in x]
         d = os.path.join(conv, name)
-        assert len(os.listdir(d)) == 2
-        again = requests_of(m, lambda: [os.listdir(d) for _ in range(3)])
+        assert len(dirs) == 13 and len(os.listdir(d)) == 2
+
+        def list_all():
+            for x in dirs:
+                os.listdir(x)
+        list_all()
+        again = requests_of(m, list_all)
         # nor an OPENDIR: the kernel opens directories itself
         assert again["readdir"] + again["readdirplus"] + again["opendir"] == 0, \
             sorted(again.items())
-        time.sleep(1.5)  # past the attribute timeout: a GETATTR, no LOOKUP
-        later = requests_of(m, lambda: os.listdir(d))
-        assert later["lookup"] == 0 and later["readdir"] + later["readdirplus"] == 0, \
-            sorted(later.items())
+        time.sleep(1.5)  # past the attribute timeout: a GETATTR each
+        later = requests_of(m, list_all)
+        assert later["readdir"] + later["readdirplus"] == 0, sorted(later.items())
+        # no LOOKUP of the 13 names (the status file read to count, whose
+        # size changes, may be looked up again when the daemon is slow)
+        assert later["lookup"] <= 3, sorted(later.items())
 
         s.append("INBOX", msg("<c@kn.test>", "re re topic", ["<b@kn.test>"]),
                  date=t + dt.timedelta(hours=2))
@@ -224,7 +235,7 @@ def test_conversation_names_and_listings_stay_cached_and_follow_changes(mount):
         m.wait_idle(30)
         harness.wait_until(lambda: "origin" in " ".join(os.listdir(conv)), 5,
                            what="the conversation named after its new first message")
-        (renamed,) = os.listdir(conv)
+        (renamed,) = [x for x in os.listdir(conv) if "alone" not in x]
         assert renamed != name and renamed.endswith(name.rsplit(" ", 1)[-1]), (name, renamed)
         harness.wait_until(lambda: not os.path.exists(d), 5,
                            what="the directory's old name to go")
