@@ -292,35 +292,47 @@ static void listing_changed(struct fs *fs, int64_t folder)
 	pthread_mutex_unlock(&fs->lock);
 }
 
+/* when sync last changed @folder's listing, or every folder's; under
+ * fs->lock */
+static struct timespec last_change(struct fs *fs, int64_t folder)
+{
+	struct timespec changed = fs->all_changed;
+
+	if (folder > 0 && (size_t)folder < fs->nstamps &&
+	    ts_before(&changed, &fs->stamps[folder].changed))
+		changed = fs->stamps[folder].changed;
+	return changed;
+}
+
 int folder_count(struct fs *fs, struct store *st, int64_t folder,
 		 uint64_t *count)
 {
-	struct timespec changed;
+	struct timespec changed, latest;
 	struct folder_stamp *f;
 	bool known = false;
 	int rc;
 
+	if (folder <= 0)
+		return store_folder_count(st, folder, count);
 	pthread_mutex_lock(&fs->lock);
-	changed = fs->all_changed;
-	if (folder > 0 && (size_t)folder < fs->nstamps) {
+	changed = last_change(fs, folder);
+	if ((size_t)folder < fs->nstamps) {
 		f = &fs->stamps[folder];
-		if (ts_before(&changed, &f->changed))
-			changed = f->changed;
 		known = f->count_known && !ts_before(&f->counted, &changed);
 		if (known)
 			*count = f->count;
 	}
 	pthread_mutex_unlock(&fs->lock);
-	if (known || folder <= 0)
-		return known ? 0 : store_folder_count(st, folder, count);
+	if (known)
+		return 0;
 	rc = store_folder_count(st, folder, count);
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&fs->lock);
 	f = stamp_of(fs, folder);
+	latest = last_change(fs, folder);
 	/* kept only if no change came while it was counted */
-	if (!ts_before(&changed, &f->changed) &&
-	    !ts_before(&changed, &fs->all_changed)) {
+	if (!ts_before(&changed, &latest)) {
 		f->count = *count;
 		f->counted = changed;
 		f->count_known = true;
@@ -382,14 +394,10 @@ struct timespec folder_mtime(struct fs *fs, int64_t folder)
 	bool known = false;
 
 	pthread_mutex_lock(&fs->lock);
-	changed = fs->all_changed;
+	changed = last_change(fs, folder);
 	if (folder > 0 && (size_t)folder < fs->nstamps) {
-		const struct folder_stamp *f = &fs->stamps[folder];
-
-		if (ts_before(&changed, &f->changed))
-			changed = f->changed;
-		known = f->known;
-		newest = f->newest;
+		known = fs->stamps[folder].known;
+		newest = fs->stamps[folder].newest;
 	}
 	pthread_mutex_unlock(&fs->lock);
 	if (!known && folder > 0 && !borrow(fs, &st)) {

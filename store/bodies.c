@@ -644,10 +644,11 @@ static int sync_dir(const char *dir)
 	return rc;
 }
 
-/* the mark's path into @path; false if it does not fit */
-static bool clean_stop_path(const struct store *s, char path[PATH_MAX])
+/* the mark's path in store directory @dir into @path; false if it does
+ * not fit */
+static bool clean_stop_path(const char *dir, char path[PATH_MAX])
 {
-	int n = snprintf(path, PATH_MAX, "%s/" CLEAN_STOP_NAME, s->dir);
+	int n = snprintf(path, PATH_MAX, "%s/" CLEAN_STOP_NAME, dir);
 
 	return n > 0 && n < PATH_MAX;
 }
@@ -655,16 +656,15 @@ static bool clean_stop_path(const struct store *s, char path[PATH_MAX])
 bool store_clean_stop_marked(const char *dir)
 {
 	char path[PATH_MAX];
-	int n = snprintf(path, PATH_MAX, "%s/" CLEAN_STOP_NAME, dir);
 
-	return n > 0 && n < PATH_MAX && !access(path, F_OK);
+	return clean_stop_path(dir, path) && !access(path, F_OK);
 }
 
 bool store_clean_stop_take(struct store *s)
 {
 	char path[PATH_MAX];
 
-	if (!clean_stop_path(s, path) || unlink(path))
+	if (!clean_stop_path(s->dir, path) || unlink(path))
 		return false;
 	/* gone for good before anything is written: else a crash now could
 	 * leave the mark to a start that needs the sweep */
@@ -676,7 +676,7 @@ void store_clean_stop_mark(struct store *s)
 	char path[PATH_MAX];
 	int fd;
 
-	if (!clean_stop_path(s, path))
+	if (!clean_stop_path(s->dir, path))
 		return;
 	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0) {
